@@ -1,0 +1,42 @@
+"""The paper's regression problems, generated from the seed (float64, CPU).
+
+The target is computed on raw x; z-scoring happens after the split (see dataset.py).
+Coefficients (p, q for sincos; c for quadratic) are drawn once from the seed with the
+distribution ``coef`` ('uniform' U(0,1) or 'normal' N(0,1)); the paper does not say which.
+"""
+from __future__ import annotations
+
+import torch
+
+PROBLEMS = ("sincos", "quadratic", "gaussian")
+COEFS = ("uniform", "normal")
+
+
+def generate(name: str, D: int, M: int, seed: int, coef: str = "uniform",
+             x_std: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(D, int) or D <= 0:
+        raise ValueError(f"dataset.D must be a positive integer, got {D!r}")
+    if not isinstance(M, int) or M < 2:
+        raise ValueError(f"dataset.M must be an integer ≥ 2, got {M!r}")
+    if coef not in COEFS:
+        raise ValueError(f"dataset.coef={coef!r}; valid: {', '.join(COEFS)}")
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+
+    def draw(n):
+        return torch.rand(n, generator=g, dtype=f64) if coef == "uniform" else torch.randn(n, generator=g, dtype=f64)
+
+    if name == "sincos":        # Ex1: sin(Σ p_i x_i) + cos(Σ q_i x_i), x ~ U(0,1)^D
+        p, q = draw(D), draw(D)
+        x = torch.rand(M, D, generator=g, dtype=f64)
+        y = torch.sin(x @ p) + torch.cos(x @ q)
+    elif name == "quadratic":   # Ex2: Σ c_i x_i², x ~ U(0,5)^D
+        c = draw(D)
+        x = 5 * torch.rand(M, D, generator=g, dtype=f64)
+        y = (x.pow(2) * c).sum(1)
+    elif name == "gaussian":    # Ex3: exp(−10‖x‖²), x ~ N(0, x_std² I)
+        x = x_std * torch.randn(M, D, generator=g, dtype=f64)
+        y = torch.exp(-10 * x.pow(2).sum(1))
+    else:
+        raise ValueError(f"dataset.name={name!r}; valid: {', '.join(PROBLEMS)}, mnist")
+    return x, y

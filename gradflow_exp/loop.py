@@ -1,0 +1,165 @@
+"""The training loop: batches → optimizer.step(closure) → evaluate → sinks.
+
+It never branches on a method's name: optimizers are driven through the closure
+contract (`gradflow_exp.optim.closure`) and two optional hooks, ``epoch_start()`` and
+``diagnostics()``. Data stay on the device and are batched by index; the only host
+syncs are one finiteness check per epoch and the logging points.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from gradflow_exp.data import Dataset
+from gradflow_exp.losses import metric_sums, metrics_from_sums
+from gradflow_exp.optim import BatchClosure
+
+log = logging.getLogger(__name__)
+
+ERROR_METRICS = ("train_mse", "test_mse", "train_rel_error", "test_rel_error", "train_loss")
+ACCURACY_METRICS = ("train_accuracy", "test_accuracy")
+
+
+@dataclass
+class LoopConfig:
+    epochs: int
+    batch_size: int | None = None     # None or 0: full batch (GD)
+    log_every: int = 1                # epochs between logged rows (first and last always logged)
+    shuffle: bool = True
+    progress: bool = True
+    eval_chunk: int = 8192            # rows per forward pass when evaluating full sets
+    collapse_q: float = 0.1           # summary flags q = r/r̂ below this as a collapsed auxiliary variable
+
+    def __post_init__(self):
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ValueError(f"trainer.epochs must be a non-negative integer, got {self.epochs!r}")
+        if not isinstance(self.log_every, int) or self.log_every <= 0:
+            raise ValueError(f"trainer.log_every must be a positive integer, got {self.log_every!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 0):
+            raise ValueError(f"trainer.batch_size must be a positive integer or null (full batch), "
+                             f"got {self.batch_size!r}")
+
+
+@torch.no_grad()
+def evaluate(model, x, y, chunk: int) -> dict[str, float]:
+    sums = None
+    for i in range(0, x.shape[0], chunk):
+        part = metric_sums(model(x[i:i + chunk]), y[i:i + chunk])
+        sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
+    return metrics_from_sums(sums)
+
+
+def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed: int,
+          on_finish=None) -> dict:
+    """Train and return the run summary. ``sinks`` get every logged row.
+
+    ``on_finish(summary, state)`` is called once at the end, also when training raises,
+    with the summary so far and (unless it failed) everything needed to resume.
+    """
+    n = data.x_train.shape[0]
+    bs = cfg.batch_size or n
+    if bs > n:
+        raise ValueError(f"trainer.batch_size={bs} is larger than the training set ({n} samples)")
+    n_batches = math.ceil(n / bs)
+    device = data.x_train.device
+    gen = torch.Generator(device=device).manual_seed(seed)   # data order, separate from init
+
+    t0 = time.perf_counter()
+    steps = 0
+    status, error = "completed", None
+    rows: list[dict] = []
+    last_epoch = 0
+    loss_sum = torch.zeros((), dtype=data.x_train.dtype, device=device)
+
+    def log_row(epoch: int, train_loss: float) -> dict:
+        train = evaluate(model, data.x_train, data.y_train, cfg.eval_chunk)
+        test = evaluate(model, data.x_test, data.y_test, cfg.eval_chunk)
+        row = {"epoch": epoch, "step": steps, "train_loss": train_loss}
+        row.update({f"train_{k}": v for k, v in train.items()})
+        row.update({f"test_{k}": v for k, v in test.items()})
+        row["lr"] = float(optimizer.param_groups[0]["lr"])
+        row["wall_time"] = time.perf_counter() - t0
+        diagnostics = getattr(optimizer, "diagnostics", None)
+        if diagnostics is not None:
+            row.update({k: float(v) for k, v in diagnostics().items()})
+        rows.append(row)
+        for sink in sinks:
+            sink.log(row)
+        return row
+
+    with torch.no_grad():
+        initial_loss = float(loss_fn(model(data.x_train), data.y_train))
+    row = log_row(0, initial_loss)
+    bar = tqdm(range(1, cfg.epochs + 1), desc="train", disable=not cfg.progress,
+               dynamic_ncols=True, leave=False)
+    try:
+        for epoch in bar:
+            epoch_start = getattr(optimizer, "epoch_start", None)
+            if epoch_start is not None:
+                epoch_start()
+            perm = torch.randperm(n, generator=gen, device=device) if (cfg.shuffle and bs < n) else None
+            loss_sum.zero_()
+            for b in range(n_batches):
+                if perm is None and bs == n:
+                    xb, yb = data.x_train, data.y_train
+                else:
+                    idx = perm[b * bs:(b + 1) * bs] if perm is not None else slice(b * bs, (b + 1) * bs)
+                    xb, yb = data.x_train[idx], data.y_train[idx]
+                loss = optimizer.step(BatchClosure(model, loss_fn, xb, yb))
+                loss_sum += loss
+                steps += 1
+            last_epoch = epoch
+            finite = bool(torch.isfinite(loss_sum))     # one sync per epoch
+            if not finite or epoch % cfg.log_every == 0 or epoch == cfg.epochs:
+                row = log_row(epoch, float(loss_sum) / n_batches)
+                if not finite or not _finite_row(row):
+                    status = "diverged"
+                    log.warning("loss is not finite at epoch %d: run diverged", epoch)
+                    break
+                bar.set_postfix(train=f"{row['train_rel_error']:.3g}", test=f"{row['test_rel_error']:.3g}",
+                                refresh=False)
+    except KeyboardInterrupt:
+        status, error = "failed", "interrupted"
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised by the caller
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        bar.close()
+        summary = _summary(rows, status, error, steps, last_epoch, time.perf_counter() - t0, cfg)
+        if on_finish is not None:
+            state = None if status == "failed" else {
+                "epoch": last_epoch, "steps": steps, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "data_rng": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "status": status}
+            on_finish(summary, state)
+    return summary
+
+
+def _finite_row(row: dict) -> bool:
+    return all(math.isfinite(row[k]) for k in ERROR_METRICS if k in row)
+
+
+def _summary(rows, status, error, steps, epochs, wall, cfg: LoopConfig) -> dict:
+    final = dict(rows[-1]) if rows else {}
+    best = {}
+    for k in ERROR_METRICS:
+        vals = [r[k] for r in rows if k in r and math.isfinite(r[k])]
+        if vals:
+            best[k] = min(vals)
+    for k in ACCURACY_METRICS:
+        vals = [r[k] for r in rows if k in r and math.isfinite(r[k])]
+        if vals:
+            best[k] = max(vals)
+    flags = []
+    q = final.get("q")
+    if q is not None and math.isfinite(q) and q < cfg.collapse_q:
+        flags.append(f"aux_collapsed: q = r/r̂ = {q:.3g} < {cfg.collapse_q} at the end "
+                     "(the auxiliary variable no longer tracks the loss; steps are tiny)")
+    return {"status": status, "error": error, "epochs_completed": epochs, "epochs_planned": cfg.epochs,
+            "steps": steps, "wall_time": wall, "final": final, "best": best, "flags": flags}

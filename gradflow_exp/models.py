@@ -1,0 +1,86 @@
+"""Models: the paper's mean-field two-layer network and a plain MLP for MNIST."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+INITS = ("default", "kaiming", "normal")
+
+
+class TwoLayerNet(nn.Module):
+    """f(x) = (1/m) Σ_k a_k σ(w_k·[x;1]) — bias absorbed into w_k, width m.
+
+    ``init``: 'default' (PyTorch's nn.Linear init), 'kaiming' (He normal for w, a ~ N(0,1))
+    or 'normal' (every entry N(0,1)); the paper does not state its choice.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 1, width: int = 1000,
+                 activation: str = "relu", init: str = "default"):
+        super().__init__()
+        _check_positive_int("model.width", width)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation={activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        if init not in INITS:
+            raise ValueError(f"model.init={init!r}; valid: {', '.join(INITS)}")
+        self.width = width
+        self.hidden = nn.Linear(in_dim, width, bias=True)   # w_k·[x;1]
+        self.act = ACTIVATIONS[activation]()
+        self.out = nn.Linear(width, out_dim, bias=False)    # a_k
+        with torch.no_grad():
+            if init == "kaiming":
+                nn.init.kaiming_normal_(self.hidden.weight, nonlinearity="relu")
+                nn.init.zeros_(self.hidden.bias)
+                nn.init.normal_(self.out.weight)
+            elif init == "normal":
+                for p in self.parameters():
+                    nn.init.normal_(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.hidden(x))) / self.width
+
+    @property
+    def particle_scale(self) -> float:
+        """K = m/2: the paper's per-particle step over the plain-gradient step (SPEC, Time scaling)."""
+        return self.width / 2
+
+
+class MLP(nn.Module):
+    """Fully connected net, e.g. 784-100-10 for the evaluation's MNIST experiment."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: list[int] | tuple[int, ...] = (100,),
+                 activation: str = "relu", init: str = "default"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation={activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        if init not in INITS:
+            raise ValueError(f"model.init={init!r}; valid: {', '.join(INITS)}")
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for h in hidden:
+            _check_positive_int("model.hidden", h)
+            layers += [nn.Linear(prev, h), ACTIVATIONS[activation]()]
+            prev = h
+        layers.append(nn.Linear(prev, out_dim))
+        self.net = nn.Sequential(*layers)
+        if init != "default":
+            with torch.no_grad():
+                for m in self.net:
+                    if isinstance(m, nn.Linear):
+                        if init == "kaiming":
+                            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                        else:
+                            nn.init.normal_(m.weight, std=1 / math.sqrt(m.in_features))
+                        nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    particle_scale = 1.0
+
+
+def _check_positive_int(key: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")

@@ -1,0 +1,47 @@
+"""The closure contract between a training loop and the optimizers of this package.
+
+Every optimizer here is stepped as ``optimizer.step(closure)``. A plain PyTorch closure
+(zero grads, forward, backward, return the loss) is enough for all methods except IEQ
+and SPM, which need the loss as a function of the parameters. `BatchClosure` provides
+both and is what the runner passes:
+
+- ``closure()`` / ``closure(backward=True)``: zero the grads, forward on the batch,
+  backward, return the loss (a detached 0-d tensor).
+- ``closure(backward=False)``: forward only, no graph (RelSAV's r̂ needs just this).
+- ``closure.functional_loss(params)``: the batch loss at ``params`` (dict name → tensor),
+  for ``torch.func`` transforms (grad, vmap over perturbations).
+- ``closure.functional_residuals(params)``: flat residual vector r on the batch with
+  ``loss == r.pow(2).mean()`` (see `gradflow_exp.losses`), for IEQ's Jacobian.
+- ``closure.params``: dict of the trainable parameters, in ``model.named_parameters()`` order.
+"""
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call
+
+
+class BatchClosure:
+    def __init__(self, model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.x = x
+        self.y = y
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def __call__(self, backward: bool = True) -> torch.Tensor:
+        if not backward:
+            with torch.no_grad():
+                return self.loss_fn(self.model(self.x), self.y)
+        with torch.enable_grad():
+            for p in self.params.values():
+                p.grad = None
+            loss = self.loss_fn(self.model(self.x), self.y)
+            loss.backward()
+        return loss.detach()
+
+    def functional_loss(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss_fn(functional_call(self.model, params, (self.x,)), self.y)
+
+    def functional_residuals(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        pred = functional_call(self.model, params, (self.x,))
+        return self.loss_fn.residuals(pred, self.y).reshape(-1)
