@@ -15,10 +15,11 @@ class TwoLayerNet(nn.Module):
 
     ``init``: 'default' (PyTorch's nn.Linear init), 'kaiming' (He normal for w, a ~ N(0,1))
     or 'normal' (every entry N(0,1)); the paper does not state its choice.
+    ``mean_field=False`` drops the 1/m factor (the evaluation's f = aᵀσ(Wᵀ[x;1])).
     """
 
     def __init__(self, in_dim: int, out_dim: int = 1, width: int = 1000,
-                 activation: str = "relu", init: str = "default"):
+                 activation: str = "relu", init: str = "default", mean_field: bool = True):
         super().__init__()
         _check_positive_int("model.width", width)
         if activation not in ACTIVATIONS:
@@ -26,6 +27,7 @@ class TwoLayerNet(nn.Module):
         if init not in INITS:
             raise ValueError(f"model.init={init!r}; valid: {', '.join(INITS)}")
         self.width = width
+        self.scale = 1.0 / width if mean_field else 1.0
         self.hidden = nn.Linear(in_dim, width, bias=True)   # w_k·[x;1]
         self.act = ACTIVATIONS[activation]()
         self.out = nn.Linear(width, out_dim, bias=False)    # a_k
@@ -39,12 +41,12 @@ class TwoLayerNet(nn.Module):
                     nn.init.normal_(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.act(self.hidden(x))) / self.width
+        return self.out(self.act(self.hidden(x))) * self.scale
 
     @property
     def particle_scale(self) -> float:
         """K = m/2: the paper's per-particle step over the plain-gradient step (SPEC, Time scaling)."""
-        return self.width / 2
+        return self.width / 2 if self.scale != 1.0 else 1.0
 
 
 class MLP(nn.Module):

@@ -71,8 +71,8 @@ def build(cfg: DictConfig):
     seed_everything(cfg.seed)
     model = hydra.utils.instantiate(cfg.model, in_dim=data.in_dim, out_dim=data.out_dim).to(device, dtype)
     loss_fn = build_loss(cfg.loss.name)
-    if data.task == "classification" and loss_fn.name != "cross_entropy" and cfg.loss.name == "rel_error":
-        raise ConfigError("loss=rel_error needs regression targets; use loss=cross_entropy or mse")
+    if data.task == "classification" and loss_fn.name != "cross_entropy":
+        raise ConfigError(f"loss={loss_fn.name} needs regression targets; dataset mnist needs loss=cross_entropy")
     if data.task == "regression" and loss_fn.name == "cross_entropy":
         raise ConfigError(f"loss=cross_entropy needs class labels; dataset {cfg.dataset.name} is a regression problem")
     k = resolve_time_scale(cfg.time_scale, model)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up .venv with the CPU build of torch and gradflow_exp (editable, with test extras).
+# Idempotent: a second run only checks what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+# Pinned: an unpinned torch would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import torch, hydra, wandb, gradflow_exp; print('gradflow_exp ready: torch', torch.__version__)"

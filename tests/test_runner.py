@@ -1,0 +1,128 @@
+"""End-to-end: runs write what SPEC says a run directory holds."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import cli
+
+REQUIRED = ["epoch", "train_mse", "test_mse", "train_rel_error", "test_rel_error", "lr", "wall_time"]
+
+PROBLEMS = {
+    "sincos": ["experiment=fig2", "dataset.M=1000", "model.width=50"],
+    "quadratic": ["experiment=fig7", "dataset.M=1000"],
+    "gaussian": ["dataset=gaussian", "dataset.M=1000", "model.width=50", "optimizer.lr=0.1", "trainer.batch_size=100"],
+    "mnist": ["experiment=mnist", "dataset.subsample_train=1000", "dataset.subsample_test=500"],
+}
+
+
+def check_run_dir(run_dir, epochs, classification=False):
+    m = pd.read_csv(run_dir / "metrics.csv")
+    assert set(REQUIRED) <= set(m.columns)
+    if classification:
+        assert {"train_accuracy", "test_accuracy"} <= set(m.columns)
+    assert m.epoch.iloc[0] == 0 and m.epoch.iloc[-1] == epochs and m.epoch.is_monotonic_increasing
+    assert m[REQUIRED].map(math.isfinite).all().all()
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "completed" and s["epochs_completed"] == epochs and s["steps"] > 0
+    assert s["final"]["test_rel_error"] == m.test_rel_error.iloc[-1]
+    assert s["best"]["train_rel_error"] == m.train_rel_error.min()
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == epochs and "optimizer" in ckpt and "model" in ckpt
+    return m, s
+
+
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+def test_short_run_per_problem(problem, run_inprocess):
+    summary, run_dir = run_inprocess(*PROBLEMS[problem], "trainer.epochs=3")
+    m, _ = check_run_dir(run_dir, 3, classification=problem == "mnist")
+    # training makes progress on every problem
+    assert m.train_mse.iloc[-1] < m.train_mse.iloc[0]
+    if problem == "mnist":
+        assert m.test_accuracy.iloc[-1] > 0.5
+
+
+def test_float32_and_log_every(run_inprocess):
+    summary, run_dir = run_inprocess(*PROBLEMS["quadratic"], "dtype=float32", "trainer.epochs=5",
+                                     "trainer.log_every=2")
+    m = pd.read_csv(run_dir / "metrics.csv")
+    assert list(m.epoch) == [0, 2, 4, 5]     # first and last always logged
+
+
+def test_same_seed_reproduces_other_seed_differs(run_inprocess):
+    a = run_inprocess(*PROBLEMS["quadratic"], "trainer.epochs=2", "seed=0")[0]
+    b = run_inprocess(*PROBLEMS["quadratic"], "trainer.epochs=2", "seed=0")[0]
+    c = run_inprocess(*PROBLEMS["quadratic"], "trainer.epochs=2", "seed=1")[0]
+    assert a["final"]["train_mse"] == b["final"]["train_mse"] != c["final"]["train_mse"]
+
+
+def test_divergence_keeps_artifacts(run_inprocess):
+    """A huge step on Example 2 ends 'diverged', with the rows so far and a checkpoint."""
+    summary, run_dir = run_inprocess(*PROBLEMS["quadratic"], "optimizer.lr=50", "trainer.epochs=20")
+    assert summary["status"] == "diverged"
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "diverged" and s["epochs_completed"] < 20
+    m = pd.read_csv(run_dir / "metrics.csv")
+    assert len(m) >= 2 and math.isfinite(m.train_mse.iloc[0])
+    assert not math.isfinite(m.train_mse.iloc[-1]) or not math.isfinite(m.train_loss.iloc[-1])
+    assert (run_dir / "checkpoint.pt").exists()
+
+
+def test_cli_run_with_wandb_offline_readback(tmp_path):
+    r = cli("experiment=fig7", "dataset.M=1000", "trainer.epochs=2", "trainer.progress=false",
+            f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_dir = tmp_path / "run"
+    check_run_dir(run_dir, 2)
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(wandb_run)],
+                         capture_output=True, text=True, timeout=120)
+    info = json.loads(out.stdout)
+    assert info["state"] == "finished"
+    assert info["config"]["name"] == "fig7" and info["config"]["optimizer"]["lr"] == 0.01
+    assert "experiment=fig7" in info["name"] and "trainer.epochs=2" in info["name"]
+    m = pd.read_csv(run_dir / "metrics.csv")
+    for key in ["train_mse", "train_rel_error", "test_rel_error", "rel_error"]:
+        assert key in info["summary"]
+    assert info["summary"]["train_mse"] == pytest.approx(m.train_mse.iloc[-1])
+    assert info["summary"]["rel_error"] == pytest.approx(m.test_rel_error.iloc[-1])
+    assert info["summary"]["status"] == "completed"
+
+
+def test_multirun_one_directory_and_wandb_run_per_job(tmp_path):
+    r = cli("-m", "experiment=fig7", "dataset.M=500", "trainer.epochs=1", "trainer.progress=false",
+            "optimizer=sgd,adam", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    run_ids = set()
+    for job in jobs:
+        check_run_dir(job, 1)
+        (wandb_run,) = (job / "wandb").glob("offline-run-*")
+        run_ids.add(wandb_run.name.rsplit("-", 1)[1])
+    assert len(run_ids) == 4
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["experiment=fig99"], "Available options in 'experiment'"),
+    (["optimizer=sgdd"], "Available options in 'optimizer'"),
+    (["dataset=sincoss"], "Available options in 'dataset'"),
+    (["trainer.epochz=3"], "did you mean 'trainer.epochs'"),
+    (["optimizer.lrr=0.1"], "Valid keys in optimizer: _target_, lr"),
+    (["trainer.batch_size=100000", "dataset.M=500"], "larger than the training set"),
+    (["dtype=float16"], "valid: float32, float64"),
+    (["model.width=0"], "model.width must be a positive integer"),
+])
+def test_bad_input_one_clear_message(tmp_path, args, expected):
+    r = cli(*args, "logger=none", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert r.returncode != 0
+    assert expected in r.stderr
+    assert "Traceback" not in r.stderr
+    if (tmp_path / "run" / "summary.json").exists():     # never passed off as complete
+        assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
