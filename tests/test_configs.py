@@ -7,7 +7,7 @@ from gradflow_exp.cli import CONF_DIR
 from gradflow_exp.data import Dataset
 from gradflow_exp.train import build
 
-from conftest import compose_cfg
+from helpers import compose_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 OPTIMIZERS = {p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml")}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import cli
+from helpers import cli
 
 REQUIRED = ["epoch", "train_mse", "test_mse", "train_rel_error", "test_rel_error", "lr", "wall_time"]
 

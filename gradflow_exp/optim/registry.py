@@ -17,6 +17,8 @@ import hydra.utils
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gradflow_exp.optim.spm import SPM
+
 
 def resolve_time_scale(time_scale, model: torch.nn.Module) -> float:
     """'plain' → 1, 'particle' → the model's m/2, a number → itself."""
@@ -33,18 +35,21 @@ def resolve_time_scale(time_scale, model: torch.nn.Module) -> float:
     return k
 
 
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module, time_scale: float = 1.0,
-                    spm: DictConfig | None = None):
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module, time_scale: float = 1.0):
     """Instantiate ``cfg`` (an optimizer node) for ``model``'s parameters.
 
-    ``spm`` is the run's ``spm`` node ({enabled, J, h}); when enabled the optimizer is
-    wrapped in its SPM form (paper Alg. 1).
+    A ``spm`` sub-node ({J, h[, seed]}, as in ``conf/optimizer/spm_*.yaml``) asks for the
+    method's SPM form (paper Alg. 1): ``SPM(opt, J, h, seed)``.
     """
     node = OmegaConf.to_container(cfg, resolve=True)
+    spm = node.pop("spm", None)
     target = hydra.utils.get_class(node["_target_"])
     kwargs = {k: v for k, v in node.items() if not k.startswith("_")}
     if "time_scale" in inspect.signature(target.__init__).parameters:
         kwargs["time_scale"] = time_scale
     elif time_scale != 1.0:
         kwargs["lr"] = kwargs["lr"] * time_scale
-    return target(model.parameters(), **kwargs)
+    opt = target(model.parameters(), **kwargs)
+    if spm is not None:
+        opt = SPM(opt, J=spm.get("J", 10), h=spm.get("h", 1e-4), seed=spm.get("seed"))
+    return opt

@@ -1,0 +1,90 @@
+"""AEGD (Liu & Tian, "AEGD: adaptive gradient descent with energy"): element-wise SAV.
+
+Each coordinate i carries its own energy variable r_i, r_i⁰ = √(I(θ⁰) + c). With η = lr,
+c = C and time scale K (flow θ' = −K∇I)::
+
+    v = g / (2√(I(θⁿ) + c))                     (∇√(I + c))
+    r_i^{n+1} = r_iⁿ / (1 + 2ηK v_i²)
+    θ^{n+1} = θⁿ − 2ηK r^{n+1} ⊙ v
+
+For small η, r ≈ √(I + c) and the step is −ηK g: Euler on θ' = −K∇I.
+Energy: every r_i is non-increasing for every η > 0 (the denominator is ≥ 1); with
+``restart='epoch'`` between restarts only (the step after ``epoch_start()`` resets
+r_i = √(I(θⁿ)+c) on its batch).
+
+Diagnostics (computed lazily from the state, at logging points only): ``energy`` mean_i r_i²,
+``r`` its square root, ``r_hat`` √(I(θⁿ)+c) on the last step's batch, ``q`` r/r_hat,
+``eff_step`` ηK·mean_i r_i/√(I+c) (mean element-wise step along −g).
+"""
+from __future__ import annotations
+
+import torch
+
+from gradflow_exp.optim.base import (
+    F64, RESTARTS, EnergyOptimizer, as_f64, check_C, check_choice, check_lr,
+    check_time_scale, grads_of, require_closure, to_dtype,
+)
+
+
+class AEGD(EnergyOptimizer):
+    """Adaptive gradient descent with energy; see the module docstring."""
+
+    diagnostic_keys = ("energy", "r", "r_hat", "q", "eff_step")
+
+    def __init__(self, params, lr: float = 0.1, C: float = 1.0, restart: str = "none",
+                 time_scale: float = 1.0):
+        super().__init__(params, dict(lr=check_lr(lr), C=check_C(C),
+                                      restart=check_choice("restart", restart, RESTARTS),
+                                      time_scale=check_time_scale(time_scale)))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        require_closure(closure, "AEGD")
+        with torch.enable_grad():
+            loss = closure()
+        I = as_f64(loss)
+        anchor = self._anchor()
+        sqrtE = (I + self.param_groups[0]["C"]).sqrt()    # √(I(θⁿ)+c)
+        restart = self._take_restart()
+        for group in self.param_groups:
+            params, grads = grads_of(group)
+            if not params:
+                continue
+            ek = group["lr"] * group["time_scale"]        # ηK
+            s = to_dtype(sqrtE, params[0])
+            rs = []
+            for p in params:
+                st = self.state[p]
+                if restart or "r" not in st:
+                    st["r"] = torch.empty_like(p).fill_(s)   # r_i = √(I+c)
+                rs.append(st["r"])
+            v = torch._foreach_div(grads, 2 * s)             # v = g/(2√(I+c))
+            den = torch._foreach_mul(v, v)
+            torch._foreach_mul_(den, 2 * ek)
+            torch._foreach_add_(den, 1.0)                    # 1 + 2ηK v²
+            torch._foreach_div_(rs, den)                     # r ← r/(1 + 2ηK v²)
+            torch._foreach_mul_(v, rs)
+            torch._foreach_add_(params, v, alpha=-2 * ek)    # θ ← θ − 2ηK r v
+        anchor["r_hat"] = sqrtE
+        return loss
+
+    def diagnostics(self):
+        anchor = self._anchor()
+        if "r_hat" not in anchor:
+            return {k: float("nan") for k in self.diagnostic_keys}
+        r_hat = anchor["r_hat"]
+        sq = torch.zeros_like(r_hat)
+        lin = torch.zeros_like(r_hat)
+        n = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                r = self.state[p].get("r")
+                if r is not None:
+                    sq = sq + r.pow(2).sum(dtype=F64)
+                    lin = lin + r.sum(dtype=F64)
+                    n += r.numel()
+        energy = sq / n
+        g0 = self.param_groups[0]
+        return {"energy": energy, "r": energy.sqrt(), "r_hat": r_hat,
+                "q": energy.sqrt() / r_hat,
+                "eff_step": g0["lr"] * g0["time_scale"] * (lin / n) / r_hat}

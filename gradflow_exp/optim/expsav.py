@@ -1,0 +1,146 @@
+"""Exponential SAV: ExpSAV and RelExpSAV, one consistent scheme kept in log space.
+
+Seed 001 is inconsistent here: §2.2.4 defines r = C·exp(L) but updates
+r^{n+1} = rⁿ/(1 + ΔtS/rⁿ), §2.5.2 derives r^{n+1} = (rⁿ)²/(rⁿ + ΔtS) and then
+r^{n+1} = rⁿ/(1 + ΔtS), none of which is the chain rule of its own definition
+(d exp(L)/dt = exp(L)·dL/dt), and C·exp(L) overflows for L ≳ 700.
+
+Scheme (E-SAV form, temperature C > 0 — named C like every method's constant):
+
+    r = exp(I(θ)/C),  so  dr/dt = (r/C) ⟨∇I, θ'⟩,  and the flow θ' = −K (r/exp(I/C)) ∇I
+    is θ' = −K∇I (the ratio is 1 in exact arithmetic). With g = ∇I(θⁿ), r̂ⁿ = exp(Iⁿ/C),
+    ρⁿ = rⁿ/r̂ⁿ, u = (I+Δtℒ)⁻¹ g = g/(1+λΔt), S = ⟨g, u⟩ ≥ 0:
+
+    θ^{n+1} = θⁿ − Δt K (r^{n+1}/r̂ⁿ) u                                         (E-θ)
+    r^{n+1} − rⁿ = (rⁿ/C) ⟨g, θ^{n+1} − θⁿ⟩          [chain rule, r explicit]   (E-r)
+            ⇔  r^{n+1} = rⁿ / (1 + Δt K ρⁿ S / C)
+
+Both equations are linear in r^{n+1} (like SAV), so the step is explicit and O(n).
+
+Energy (proof of r^{n+1} ≤ rⁿ, every Δt > 0, K > 0, λ ≥ 0, any batch): Δt, K, C > 0,
+ρⁿ = rⁿ/r̂ⁿ > 0 and S = ‖g‖²/(1+λΔt) ≥ 0, so the denominator of (E-r) is ≥ 1 and
+r^{n+1} ≤ rⁿ, with equality iff g = 0. In the loss units used for ``energy``,
+C·log r^{n+1} = C·log rⁿ − C·log(1 + ΔtKρⁿS/C) ≤ C·log rⁿ.
+
+Small Δt: ρ = 1 + O(Δt) and r^{n+1}/r̂ⁿ → 1, so (E-θ) is the Euler step of θ' = −K∇I.
+
+Floating range: only s = log r is stored (float64). With ℓ = sⁿ − Iⁿ/C = log ρⁿ and
+a = ΔtKS/C:  s^{n+1} = sⁿ − log(1 + a e^ℓ) = sⁿ − logaddexp(0, log a + ℓ), and the step
+factor r^{n+1}/r̂ⁿ = 1/(e^{−ℓ} + a) = exp(−logaddexp(−ℓ, log a)). Nothing is exponentiated
+except a difference, so losses of 1e3 and beyond stay finite (r = e^{1000} is never formed).
+Since the factor is ≤ 1/a, even a stale r ≫ r̂ gives ⟨g, Δθ⟩ ≥ −C: the linearised loss
+drops by at most C per step. ρ depends on exp((s − I)/C): choose C on the scale of the
+batch-to-batch loss noise.
+
+RelExpSAV (relaxation in log space, paper form: ξ on r̃). After the step, ŝ = I(θ^{n+1})/C
+on the same batch (one forward, ``closure(backward=False)``). r^{n+1} = ξ₀ r̃ + (1−ξ₀) r̂
+with ξ₀ the smallest ξ ∈ [0,1] such that
+
+    log r^{n+1} ≤ s̃ + η (sⁿ − s̃)      (give back at most a fraction η of this step's decrease)
+
+which gives, in closed form, s^{n+1} = min(ŝ, s̃ + η(sⁿ − s̃)) and
+ξ₀ = expm1(s^{n+1} − ŝ)/expm1(s̃ − ŝ) when ŝ > s̃ (else 0). Energy: s^{n+1} − sⁿ ≤
+−(1−η) log(1 + ΔtKρⁿS/C) ≤ 0. (Seed 001 §2.4/Thm 2.6 uses r − r̂ ≤ η‖Δθ‖/Δt, which mixes
+units and does not imply r^{n+1} ≤ rⁿ.)
+
+``restart='epoch'``: the step after ``epoch_start()`` uses sⁿ = Iⁿ/C (ρ = 1); the
+guarantee then holds between restarts.
+
+Diagnostics: ``energy`` C·log r^{n+1} (equals I when r is consistent), ``q`` ρⁿ = rⁿ/r̂ⁿ (the
+carried r over its defining value, before any restart), ``eff_step`` ΔtK(r^{n+1}/r̂ⁿ)/(1+λΔt)
+(first group), ``xi`` ξ₀ (RelExpSAV).
+"""
+from __future__ import annotations
+
+import torch
+
+from gradflow_exp.optim.base import (
+    RESTARTS, EnergyOptimizer, as_f64, check_C, check_choice, check_eta, check_lam,
+    check_lr, check_time_scale, dot, grads_of, require_closure, to_dtype,
+)
+from gradflow_exp.optim.sav import eval_no_grad
+
+
+class ExpSAV(EnergyOptimizer):
+    """Exponential SAV, r = exp(I/C), stored as log r; r^{n+1} ≤ rⁿ for every Δt
+    (restart='none': along the whole run; 'epoch': between restarts). See module docstring."""
+
+    relax = False
+    diagnostic_keys = ("energy", "q", "eff_step")
+
+    def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
+                 restart: str = "none", time_scale: float = 1.0):
+        self._setup(params, lr, C, lam, restart, time_scale)
+
+    def _setup(self, params, lr, C, lam, restart, time_scale, **extra):
+        defaults = dict(lr=check_lr(lr), C=check_C(C), lam=check_lam(lam),
+                        restart=check_choice("restart", restart, RESTARTS),
+                        time_scale=check_time_scale(time_scale), **extra)
+        EnergyOptimizer.__init__(self, params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        require_closure(closure, type(self).__name__)
+        with torch.enable_grad():
+            loss = closure()
+        I = as_f64(loss)
+        g0 = self.param_groups[0]
+        C = g0["C"]
+        anchor = self._anchor()
+        s_hat = I / C                                     # log r̂ⁿ = Iⁿ/C
+        s_prev = anchor.get("log_r", s_hat)               # log r⁰ = I(θ⁰)/C
+        s_n = s_hat if self._take_restart() else s_prev
+
+        a = torch.zeros_like(I)                    # a = Δt K ⟨g,(I+Δtℒ)⁻¹g⟩ / C
+        plans = []
+        for group in self.param_groups:
+            params, grads = grads_of(group)
+            if not params:
+                continue
+            K, dt, lam = group["time_scale"], group["lr"], group["lam"]
+            u = torch._foreach_mul(grads, 1.0 / (1 + lam * dt))     # u = (I+Δtℒ)⁻¹ g
+            a = a + dt * K * dot(grads, u) / C
+            plans.append((params, u, K * dt))
+
+        ell = s_n - s_hat                                 # ℓ = log ρⁿ = log(rⁿ/r̂ⁿ)
+        log_a = a.log()                                   # −inf when g = 0
+        # (E-r): s^{n+1} = sⁿ − log(1 + a ρⁿ)
+        s_tilde = s_n - torch.logaddexp(torch.zeros_like(ell), log_a + ell)
+        # (E-θ): factor r^{n+1}/r̂ⁿ = exp(s^{n+1} − Iⁿ/C) = 1/(1/ρⁿ + a)
+        # (clamped at e^700 only so that a zero gradient with a stale r ≫ r̂ gives 0·finite;
+        # for g ≠ 0 the factor is ≤ 1/a anyway)
+        log_factor = -torch.logaddexp(-ell, log_a)
+        factor = log_factor.clamp(max=700.0).exp()
+        for params, u, kdt in plans:
+            torch._foreach_mul_(u, to_dtype(-kdt * factor, u[0]))
+            torch._foreach_add_(params, u)                # θ^{n+1} = θⁿ − ΔtK (r^{n+1}/r̂ⁿ) u
+
+        diag = {}
+        if self.relax:
+            s_hat_new = as_f64(eval_no_grad(closure)) / C             # log r̂^{n+1}
+            s_new = torch.minimum(s_hat_new, s_tilde + g0["eta"] * (s_n - s_tilde))
+            pos = s_hat_new > s_tilde
+            denom = torch.where(pos, torch.expm1(s_tilde - s_hat_new), -1.0)
+            xi = torch.where(pos, torch.expm1(s_new - s_hat_new) / denom,
+                             torch.zeros_like(s_tilde)).clamp(0.0, 1.0)
+            diag["xi"] = xi
+        else:
+            s_new = s_tilde
+        anchor["log_r"] = s_new
+
+        K0, dt0, lam0 = g0["time_scale"], g0["lr"], g0["lam"]
+        self._set_diagnostics(energy=C * s_new, q=(s_prev - s_hat).exp(),
+                              eff_step=factor * (K0 * dt0 / (1 + lam0 * dt0)), **diag)
+        return loss
+
+
+class RelExpSAV(ExpSAV):
+    """Relaxed ExpSAV: log r^{n+1} = min(I(θ^{n+1})/C, s̃ + η(sⁿ − s̃)); r^{n+1} ≤ rⁿ for every
+    Δt. One extra forward pass per step. See module docstring."""
+
+    relax = True
+    diagnostic_keys = ExpSAV.diagnostic_keys + ("xi",)
+
+    def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
+                 eta: float = 0.99, restart: str = "none", time_scale: float = 1.0):
+        self._setup(params, lr, C, lam, restart, time_scale, eta=check_eta(eta))

@@ -1,0 +1,147 @@
+"""IEQ (invariant energy quadratization): full-Jacobian IEQ and its O(n) adaptive form.
+
+The loss is quadratic in the residual: I = mean(q²) = ‖q‖²/N with q the flat residual
+vector on the batch (``closure.functional_residuals``, N = batch × outputs), so
+∇I = (2/N) Jᵀq with J = ∂q/∂θ (N × n). With time scale K the flow is θ' = −K∇I, hence
+q' = J θ' = −K (2/N) J Jᵀ q.
+
+IEQ (seed 001 §2.2.5 A), scaled so that small Δt follows θ' = −K∇I::
+
+    q^{n+1} = (I_N + Δt K (2/N) J Jᵀ)⁻¹ qⁿ          (N × N Cholesky solve, never n × n)
+    θ^{n+1} = θⁿ − Δt K (2/N) Jᵀ q^{n+1}
+
+qⁿ is the *fresh* residual of θⁿ on the step's batch: with mini-batches the samples change,
+so a carried q would belong to other samples. The step is then a Levenberg–Marquardt
+step, θ^{n+1} − θⁿ = −Jᵀ(JJᵀ + μI)⁻¹qⁿ with μ = N/(2ΔtK). Energy guarantee — per step:
+A = Δt K (2/N) J Jᵀ is positive semi-definite, so ‖(I + A)⁻¹‖ ≤ 1 and the quadratic energy
+mean((q^{n+1})²) ≤ mean((qⁿ)²) = I(θⁿ) on the batch for every Δt > 0. q^{n+1} is the
+residual of the model *linearised* at θⁿ after the step (q + JΔθ = q^{n+1}); it bounds the
+linearised loss, not I(θ^{n+1}) itself. Cost: J is N × n (``torch.func.jacrev``),
+the solve O(N³), forming JJᵀ O(N²n).
+
+IEQ adaptive (seed 001 §2.2.5 B), same scaling: replacing (2/N)JJᵀ by its Rayleigh
+quotient along qⁿ, qᵀ(2/N)JJᵀq/‖q‖² = ‖∇I‖²/(2I) (because ‖Jᵀq‖² = (N/2)²‖∇I‖² and
+‖q‖² = N·I), gives::
+
+    α = 1 / (1 + Δt K ‖∇I‖² / (2I + ε)),   q^{n+1} = α qⁿ,   θ^{n+1} = θⁿ − Δt K α ∇I
+
+— the seed's formula with its L = ½‖q‖² (so ‖q‖² = 2L) replaced by I. It needs only the
+loss and its gradient (any closure), costs O(n), and coincides with ResSAV for C = ε/2,
+λ = 0. Guarantee, per step: mean((q^{n+1})²) = α² I(θⁿ) ≤ I(θⁿ).
+
+Diagnostics. IEQ: ``energy`` mean((q^{n+1})²), ``q`` ‖q^{n+1}‖/‖qⁿ‖ (modified over actual,
+as r/r̂ for SAV), ``eff_step`` ⟨θⁿ − θ^{n+1}, ∇I⟩/‖∇I‖² (the step along −∇I; → ΔtK as Δt → 0).
+IEQAdaptive: ``energy`` α² I(θⁿ), ``q`` α, ``eff_step`` ΔtKα (first group).
+"""
+from __future__ import annotations
+
+import torch
+from torch.func import jacrev
+
+from gradflow_exp.optim.base import (
+    F64, EnergyOptimizer, as_f64, check_eps, check_lr, check_time_scale, dot, grads_of,
+    require_closure, to_dtype,
+)
+
+
+class IEQ(EnergyOptimizer):
+    """Full-Jacobian IEQ; needs ``closure.functional_residuals`` and ``closure.params``
+    (`BatchClosure`). Energy: per step, mean((q^{n+1})²) ≤ I(θⁿ) on the batch, every Δt."""
+
+    diagnostic_keys = ("energy", "q", "eff_step")
+
+    def __init__(self, params, lr: float = 0.2, time_scale: float = 1.0):
+        super().__init__(params, dict(lr=check_lr(lr), time_scale=check_time_scale(time_scale)))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        require_closure(closure, "IEQ")
+        residuals = getattr(closure, "functional_residuals", None)
+        named = getattr(closure, "params", None)
+        if residuals is None or named is None:
+            raise TypeError("IEQ needs a closure with functional_residuals(params) and params "
+                            "(gradflow_exp.optim.BatchClosure)")
+        name_of = {id(p): n for n, p in named.items()}
+        groups = []
+        for group in self.param_groups:
+            try:
+                names = [name_of[id(p)] for p in group["params"]]
+            except KeyError:
+                raise ValueError("IEQ: an optimized parameter is not in closure.params") from None
+            groups.append((group, names))
+        train = {n: named[n].detach() for _, names in groups for n in names}
+        fixed = {n: p.detach() for n, p in named.items() if n not in train}
+
+        def res(tp):
+            q = residuals({**fixed, **tp})
+            return q, q.detach()
+
+        with torch.enable_grad():
+            jac, q = jacrev(res, has_aux=True)(train)     # J: dict name → [N, *shape]
+        N = q.numel()
+        A = torch.eye(N, dtype=q.dtype, device=q.device)
+        blocks = []
+        for group, names in groups:
+            Jg = torch.cat([jac[n].reshape(N, -1) for n in names], dim=1)      # N × n_g
+            c = group["lr"] * group["time_scale"] * 2.0 / N                      # Δt K (2/N)
+            A.addmm_(Jg, Jg.T, alpha=c)                   # A = I + Δt K (2/N) J Jᵀ
+            blocks.append((group, Jg, c))
+        L, _ = torch.linalg.cholesky_ex(A)
+        q_new = torch.cholesky_solve(q.unsqueeze(1), L).squeeze(1)   # q^{n+1} = A⁻¹ qⁿ
+
+        along = torch.zeros((), dtype=F64, device=q.device)   # ⟨θⁿ − θ^{n+1}, ∇I⟩
+        gnorm2 = torch.zeros((), dtype=F64, device=q.device)  # ‖∇I‖²
+        for group, Jg, c in blocks:
+            delta = c * (Jg.T @ q_new)                    # θⁿ − θ^{n+1} = Δt K (2/N) Jᵀ q^{n+1}
+            grad = (2.0 / N) * (Jg.T @ q)                 # ∇I = (2/N) Jᵀ qⁿ
+            along = along + dot([delta], [grad])
+            gnorm2 = gnorm2 + dot([grad], [grad])
+            offset = 0
+            for p in group["params"]:
+                k = p.numel()
+                p.sub_(delta[offset:offset + k].view_as(p))
+                offset += k
+
+        loss = q.pow(2).mean()
+        qn2, qnew2 = dot([q], [q]), dot([q_new], [q_new])
+        self._set_diagnostics(
+            energy=qnew2 / N,
+            q=(qnew2 / qn2).sqrt(),
+            eff_step=along / gnorm2,
+        )
+        return loss
+
+
+class IEQAdaptive(EnergyOptimizer):
+    """O(n) IEQ: α = 1/(1 + ΔtK‖∇I‖²/(2I + ε)), θ ← θ − ΔtKα∇I. Any closure works.
+    Energy: per step, α² I(θⁿ) ≤ I(θⁿ) on the batch, every Δt."""
+
+    diagnostic_keys = ("energy", "q", "eff_step")
+
+    def __init__(self, params, lr: float = 0.2, eps: float = 1e-8, time_scale: float = 1.0):
+        super().__init__(params, dict(lr=check_lr(lr), eps=check_eps(eps),
+                                      time_scale=check_time_scale(time_scale)))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        require_closure(closure, "IEQAdaptive")
+        with torch.enable_grad():
+            loss = closure()
+        I = as_f64(loss)
+        eps = self.param_groups[0]["eps"]
+        total = torch.zeros_like(I)                # Σ_groups Δt K ‖∇I‖²
+        plans = []
+        for group in self.param_groups:
+            params, grads = grads_of(group)
+            if not params:
+                continue
+            kdt = group["lr"] * group["time_scale"]
+            total = total + kdt * dot(grads, grads)
+            plans.append((params, grads, kdt))
+        alpha = 1.0 / (1.0 + total / (2.0 * I + eps))    # α = 1/(1 + ΔtK‖∇I‖²/(2I+ε))
+        for params, grads, kdt in plans:
+            torch._foreach_add_(params, torch._foreach_mul(grads, to_dtype(-kdt * alpha, grads[0])))
+        g0 = self.param_groups[0]
+        self._set_diagnostics(energy=alpha * alpha * I, q=alpha,
+                              eff_step=alpha * (g0["lr"] * g0["time_scale"]))
+        return loss

@@ -1,0 +1,311 @@
+"""The SAV family (paper Algs. 2–5): SAV, ResSAV, RelSAV and their adaptive forms.
+
+One core, `_SAVCore`, three switches: ``reset`` (ResSAV: rⁿ ← r̂ⁿ every step), ``relax``
+(RelSAV: relax r^{n+1} toward r̂^{n+1} after the step) and ``adaptive`` (A-*: Adam moments).
+
+Notation (per step n, on the step's batch): I = I(θⁿ) the batch loss, g = ∇I(θⁿ),
+E = I + C, r̂ⁿ = √E, K the time scale (the method follows θ' = −K∇I), ℒ = λI so that
+(I + Δtℒ)⁻¹ = 1/(1 + λΔt) is a scalar — every step is O(n), no n×n matrix.
+
+Plain (Alg. 2), with the time scale K folded into the flow::
+
+    r^{n+1} = rⁿ / (1 + Δt K ⟨g, (I+Δtℒ)⁻¹ g⟩ / (2E))                      (SAV-r)
+    θ^{n+1} = θⁿ − Δt K (r^{n+1}/√E) (I+Δtℒ)⁻¹ g                           (SAV-θ)
+
+(SAV-r) is the linearly implicit discretisation of dr/dt = ⟨∇I, θ'⟩/(2√E) with the step
+(SAV-θ) substituted: r^{n+1} − rⁿ = ⟨g, θ^{n+1} − θⁿ⟩/(2√E). Multiplying by 2r^{n+1}:
+
+    (r^{n+1})² − (rⁿ)² + (r^{n+1} − rⁿ)² = −(1+λΔt) ‖θ^{n+1} − θⁿ‖² / (K Δt) ≤ 0,
+
+so (r^{n+1})² ≤ (rⁿ)² for every Δt > 0, K > 0, λ ≥ 0 (paper Thm 1, time-scaled).
+
+Adaptive (Alg. 5): m, v are Adam's moments of g (β₁, β₂, bias-corrected m̂, v̂); g is
+replaced by m̂ and Δt by the element-wise step τ = Δt/(√v̂ + ε) *everywhere*, including
+(I+τℒ)⁻¹ = 1/(1 + λτ). The applied step direction is therefore
+d = τ ⊙ m̂ / (1 + λτ) = Δt m̂ / (√v̂ + ε + λΔt) (λ acts like extra ε),
+θ^{n+1} = θⁿ − K (r^{n+1}/√E) d, and the r-update uses the inner product of the gradient estimate with that direction::
+
+    r^{n+1} = rⁿ / (1 + K ⟨m̂, d⟩ / (2E)),     ⟨m̂, d⟩ = Σ_i τ_i m̂_i² / (1 + λτ_i) ≥ 0.
+
+Using the raw g here, ⟨g, d⟩, would be the exact chain rule for √(I+C) but is sign
+indefinite with momentum (the denominator could reach 0); with m̂ in both places the
+scheme is the SAV scheme of the "gradient" m̂ in the metric diag(τ/(1+λτ)), so r is still
+non-increasing for every Δt. ``second_moment='scalar'`` uses one v per group built from
+‖g‖²/n (n = number of entries), so τ is a scalar; ``'elementwise'`` (default) is Adam's.
+
+Relaxation (Alg. 4, paper's form with ξ on r̃). r̃ = r^{n+1} of (SAV-r); after updating θ,
+r̂^{n+1} = √(I(θ^{n+1}) + C) on the same batch (``closure(backward=False)``: one forward,
+no backward). With D = Σ_i (θ_i^{n+1} − θ_i^n)² / (K τ_i) (= ‖Δθ‖²/(KΔt) for plain SAV)::
+
+    a = (r̃ − r̂)²,  b = 2 r̂ (r̃ − r̂),  c = r̂² − r̃² − η D
+    ξ₀ = max{0, (−b − √(b² − 4ac)) / (2a)}  (ξ₀ = 0 if a = 0),  clipped to [0, 1]
+    r^{n+1} = ξ₀ r̃ + (1 − ξ₀) r̂
+
+i.e. the smallest ξ with (r^{n+1})² − r̃² ≤ η D. Since b² − 4ac = 4a(r̃² + ηD), this is, in
+closed form, r^{n+1} = min(r̂, √(r̃² + ηD)) and ξ₀ = (r̂ − r^{n+1})/(r̂ − r̃) when r̂ > r̃ (else 0);
+we compute it that way (no cancellation, no host sync). Guarantee: D ≤ the dissipation
+(1+λτ)-weighted term above, hence (r^{n+1})² ≤ (rⁿ)² − (1 − η)D ≤ (rⁿ)² for η ∈ [0, 1].
+The time scale enters D as 1/K so that this holds for every K (K = 1 is the paper's).
+Seed 001 §2.4 writes the blend with ξ on r̂ and the constraint against r̂; that version
+does not imply r^{n+1} ≤ rⁿ, so the paper's form is implemented.
+
+Options:
+``restart='epoch'``: ``epoch_start()`` (called by the loop at each epoch start) makes the
+next step use rⁿ = r̂ⁿ = √(I(θⁿ)+C) on its batch. With mini-batches, vanilla SAV's r is a
+single number carried across different batches; it keeps decreasing and r/√E can collapse
+(training freezes). The restart bounds that drift; the energy guarantee then holds
+between restarts only (r jumps to √(I+C) of the new batch at a restart).
+
+Diagnostics (all 0-d tensors, fixed keys; ``xi`` for relaxed methods only):
+``energy`` (r^{n+1})², ``r`` r^{n+1}, ``r_hat`` √(I(θⁿ)+C) on the step's batch,
+``q`` rⁿ/r̂ⁿ — the r carried into the step (before any reset/restart) over its defining
+value on the step's batch (paper Fig 6 plots 1 − q), ``eff_step`` the scalar step along the
+(preconditioned) gradient: K Δt (r̃/√E)/(1+λΔt) for plain methods, K Δt r̃/√E for adaptive
+ones (there the step is eff_step · m̂/(√v̂ + ε + λΔt)), both for the first param group;
+``xi`` ξ₀.
+
+Param groups: r is one scalar for the whole optimizer (the loss is one number); lr, lam,
+time_scale, betas, eps may differ per group and enter ⟨·,·⟩ as sums over groups; C, eta,
+restart are read from the first group.
+"""
+from __future__ import annotations
+
+import torch
+
+from gradflow_exp.optim.base import (
+    F64, RESTARTS, EnergyOptimizer, as_f64, check_betas, check_C, check_choice, check_eps,
+    check_eta, check_lam, check_lr, check_time_scale, dot, grads_of, require_closure,
+    to_dtype,
+)
+
+SECOND_MOMENTS = ("elementwise", "scalar")
+
+
+def eval_no_grad(closure) -> torch.Tensor:
+    """The loss at the current parameters on the same batch, forward only."""
+    try:
+        return closure(backward=False)
+    except TypeError as err:
+        raise TypeError(
+            "relaxed methods re-evaluate the loss after the update with "
+            "closure(backward=False); use gradflow_exp.optim.BatchClosure or a closure "
+            f"accepting that keyword ({err})"
+        ) from err
+
+
+class _SAVCore(EnergyOptimizer):
+    """Shared SAV step; see the module docstring. Not used directly."""
+
+    reset = False
+    relax = False
+    adaptive = False
+    diagnostic_keys = ("energy", "r", "r_hat", "q", "eff_step")
+
+    def __init__(self, params, *, lr, C, lam, time_scale, restart="none", eta=None,
+                 betas=None, eps=None, second_moment=None):
+        defaults = dict(lr=check_lr(lr), C=check_C(C), lam=check_lam(lam),
+                        time_scale=check_time_scale(time_scale),
+                        restart=check_choice("restart", restart, RESTARTS))
+        if self.relax:
+            defaults["eta"] = check_eta(eta)
+        if self.adaptive:
+            defaults.update(betas=check_betas(betas), eps=check_eps(eps),
+                            second_moment=check_choice("second_moment", second_moment,
+                                                       SECOND_MOMENTS))
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ Adam moments
+    def _moments(self, group, params, grads):
+        """m̂ (list) and the denominator √v̂ + ε (list, or a 0-d tensor for 'scalar')."""
+        b1, b2 = group["betas"]
+        eps = group["eps"]
+        gst = self._group_state(group)
+        t = gst.get("step", torch.zeros((), dtype=F64, device=params[0].device)) + 1
+        gst["step"] = t
+        bc1 = 1 - b1 ** t                                  # 1 − β₁ᵗ (0-d float64)
+        bc2 = 1 - b2 ** t
+        ms = []
+        for p in params:
+            st = self.state[p]
+            if "exp_avg" not in st:
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            ms.append(st["exp_avg"])
+        torch._foreach_lerp_(ms, grads, 1 - b1)            # m ← β₁ m + (1−β₁) g
+        m_hat = torch._foreach_div(ms, to_dtype(bc1, ms[0]))   # m̂ = m/(1−β₁ᵗ)
+        if group["second_moment"] == "elementwise":
+            vs = []
+            for p in params:
+                st = self.state[p]
+                if "exp_avg_sq" not in st:
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                vs.append(st["exp_avg_sq"])
+            torch._foreach_mul_(vs, b2)                    # v ← β₂ v + (1−β₂) g²
+            torch._foreach_addcmul_(vs, grads, grads, 1 - b2)
+            denom = torch._foreach_sqrt(vs)                # √v̂ + ε = √v/√(1−β₂ᵗ) + ε
+            torch._foreach_div_(denom, to_dtype(bc2.sqrt(), vs[0]))
+            torch._foreach_add_(denom, eps)
+        else:
+            n = sum(g.numel() for g in grads)
+            v = gst.get("exp_avg_sq_scalar", torch.zeros((), dtype=F64, device=params[0].device))
+            v = b2 * v + (1 - b2) * dot(grads, grads) / n  # v ← β₂ v + (1−β₂) ‖g‖²/n
+            gst["exp_avg_sq_scalar"] = v
+            denom = to_dtype((v / bc2).sqrt() + eps, grads[0])
+        return m_hat, denom
+
+    # ------------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, closure=None):
+        require_closure(closure, type(self).__name__)
+        with torch.enable_grad():
+            loss = closure()
+        I = as_f64(loss)
+        g0 = self.param_groups[0]
+        C = g0["C"]
+        anchor = self._anchor()
+        E = I + C                                          # E = I(θⁿ) + C
+        sqrtE = E.sqrt()                                   # r̂ⁿ = √(I(θⁿ)+C)
+        r_prev = anchor.get("r", sqrtE)                    # r⁰ = √(I(θ⁰)+C)
+        restart = self._take_restart()
+        r_n = sqrtE if (self.reset or restart) else r_prev  # ResSAV / restart: rⁿ ← r̂ⁿ
+
+        total = torch.zeros_like(I)    # Σ_groups K ⟨ĝ, d⟩
+        budget = torch.zeros_like(I)   # Σ_groups K Σ_i d_i² / τ_i  (RelSAV's D / φ²)
+        plans = []
+        for group in self.param_groups:
+            params, grads = grads_of(group)
+            if not params:
+                continue
+            K, dt, lam = group["time_scale"], group["lr"], group["lam"]
+            if self.adaptive:
+                g_hat, denom = self._moments(group, params, grads)
+            else:
+                g_hat, denom = grads, None
+            # d = τ (I + τℒ)⁻¹ ĝ with τ = Δt/denom:  d = Δt ĝ / (denom + λΔt)
+            if denom is None:
+                d = torch._foreach_mul(g_hat, dt / (1 + lam * dt))
+            elif isinstance(denom, torch.Tensor):
+                d = torch._foreach_mul(g_hat, dt / (denom + lam * dt))
+            else:
+                d = torch._foreach_div(g_hat, torch._foreach_add(denom, lam * dt))
+                torch._foreach_mul_(d, dt)
+            total = total + K * dot(g_hat, d)              # K ⟨ĝ, (I+τℒ)⁻¹ τ ĝ⟩ ≥ 0
+            if self.relax:
+                # Σ_i (Δθ_i)²/(K τ_i) = φ² K Σ_i d_i² denom_i / Δt
+                if denom is None:
+                    w = dot(d, d)
+                elif isinstance(denom, torch.Tensor):
+                    w = dot(d, d) * denom.to(F64)
+                else:
+                    w = dot(d, torch._foreach_mul(d, denom))
+                budget = budget + K * w / dt
+            plans.append((params, d, K))
+
+        # (SAV-r): r̃^{n+1} = rⁿ / (1 + Δt K ⟨g,(I+Δtℒ)⁻¹g⟩ / (2E))
+        r_tilde = r_n / (1 + total / (2 * E))
+        phi = r_tilde / sqrtE                              # r̃^{n+1}/√E
+        # (SAV-θ): θ^{n+1} = θⁿ − K (r̃^{n+1}/√E) d
+        for params, d, K in plans:
+            torch._foreach_mul_(d, to_dtype(-K * phi, d[0]))
+            torch._foreach_add_(params, d)
+
+        diag = {}
+        if self.relax:
+            r_hat_new = (as_f64(eval_no_grad(closure)) + C).sqrt()   # r̂^{n+1}
+            D = phi * phi * budget                          # Σ_i Δθ_i²/(K τ_i)
+            bound = (r_tilde * r_tilde + g0["eta"] * D).sqrt()       # √(r̃² + ηD)
+            # smallest ξ ∈ [0,1] with (ξr̃ + (1−ξ)r̂)² − r̃² ≤ ηD  ⇔  r = min(r̂, √(r̃²+ηD))
+            r_new = torch.minimum(r_hat_new, bound)
+            gap = r_hat_new - r_tilde
+            pos = gap > 0
+            xi = torch.where(pos, (r_hat_new - r_new) / torch.where(pos, gap, 1.0),
+                             torch.zeros_like(gap)).clamp(0.0, 1.0)
+            diag["xi"] = xi
+        else:
+            r_new = r_tilde
+        anchor["r"] = r_new
+
+        K0, dt0, lam0 = g0["time_scale"], g0["lr"], g0["lam"]
+        scale0 = K0 * dt0 if self.adaptive else K0 * dt0 / (1 + lam0 * dt0)
+        self._set_diagnostics(energy=r_new * r_new, r=r_new, r_hat=sqrtE, q=r_prev / sqrtE,
+                              eff_step=phi * scale0, **diag)
+        return loss
+
+
+class SAV(_SAVCore):
+    """SAV (paper Alg. 2). Energy: (r^{n+1})² ≤ (rⁿ)² at every step for every Δt > 0 with
+    ``restart='none'`` (along the whole run, across mini-batches); with ``restart='epoch'``
+    between restarts only. r is an auxiliary variable, not the loss: with mini-batches it
+    may drift far below √(I+C) (see ``q``)."""
+
+    def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
+                 restart: str = "none", time_scale: float = 1.0):
+        super().__init__(params, lr=lr, C=C, lam=lam, restart=restart, time_scale=time_scale)
+
+
+class ResSAV(_SAVCore):
+    """Restarted SAV (paper Alg. 3): rⁿ ← √(I(θⁿ)+C) on the step's batch every step.
+
+    Energy: per step only, r^{n+1} ≤ √(I(θⁿ)+C) — the step is SGD's damped by
+    1/(1 + ΔtK‖g‖²/(2E(1+λΔt))); no monotone quantity across steps."""
+
+    reset = True
+
+    def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
+                 time_scale: float = 1.0):
+        super().__init__(params, lr=lr, C=C, lam=lam, restart="none", time_scale=time_scale)
+
+
+class RelSAV(_SAVCore):
+    """Relaxed SAV (paper Alg. 4, ξ on r̃). Energy: (r^{n+1})² ≤ (rⁿ)² − (1−η)D ≤ (rⁿ)² at
+    every step for every Δt (restart='none'; between restarts with 'epoch'). One extra
+    forward pass per step (``closure(backward=False)``)."""
+
+    relax = True
+    diagnostic_keys = _SAVCore.diagnostic_keys + ("xi",)
+
+    def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
+                 eta: float = 0.99, restart: str = "none", time_scale: float = 1.0):
+        super().__init__(params, lr=lr, C=C, lam=lam, eta=eta, restart=restart,
+                         time_scale=time_scale)
+
+
+class ASAV(_SAVCore):
+    """Adaptive SAV (paper Alg. 5 on SAV): Adam moments, see the module docstring.
+    Energy: r^{n+1} ≤ rⁿ for every Δt (with respect to the gradient estimate m̂)."""
+
+    adaptive = True
+
+    def __init__(self, params, lr: float = 0.01, C: float = 1.0, lam: float = 0.0,
+                 betas=(0.9, 0.999), eps: float = 1e-8, second_moment: str = "elementwise",
+                 restart: str = "none", time_scale: float = 1.0):
+        super().__init__(params, lr=lr, C=C, lam=lam, betas=betas, eps=eps,
+                         second_moment=second_moment, restart=restart, time_scale=time_scale)
+
+
+class AResSAV(_SAVCore):
+    """Adaptive restarted SAV (Alg. 5 on Alg. 3). Energy: per step, r^{n+1} ≤ √(I(θⁿ)+C)."""
+
+    adaptive = True
+    reset = True
+
+    def __init__(self, params, lr: float = 0.01, C: float = 1.0, lam: float = 0.0,
+                 betas=(0.9, 0.999), eps: float = 1e-8, second_moment: str = "elementwise",
+                 time_scale: float = 1.0):
+        super().__init__(params, lr=lr, C=C, lam=lam, betas=betas, eps=eps,
+                         second_moment=second_moment, restart="none", time_scale=time_scale)
+
+
+class ARelSAV(_SAVCore):
+    """Adaptive relaxed SAV (Alg. 5 on Alg. 4); D uses τ = Δt/(√v̂+ε) in place of Δt.
+    Energy: (r^{n+1})² ≤ (rⁿ)² − (1−η)D for every Δt (between restarts with 'epoch')."""
+
+    adaptive = True
+    relax = True
+    diagnostic_keys = _SAVCore.diagnostic_keys + ("xi",)
+
+    def __init__(self, params, lr: float = 0.01, C: float = 1.0, lam: float = 0.0,
+                 eta: float = 0.99, betas=(0.9, 0.999), eps: float = 1e-8,
+                 second_moment: str = "elementwise", restart: str = "none",
+                 time_scale: float = 1.0):
+        super().__init__(params, lr=lr, C=C, lam=lam, eta=eta, betas=betas, eps=eps,
+                         second_moment=second_moment, restart=restart, time_scale=time_scale)

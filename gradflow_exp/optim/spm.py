@@ -1,0 +1,161 @@
+"""SPM (paper Alg. 1): smooth any optimizer's loss by Gaussian parameter perturbations.
+
+``SPM(base, J=10, h=1e-4)`` wraps an optimizer (ours or torch.optim's). Each step draws
+ξ_1..ξ_J ~ N(0, I) (fresh, from the wrapper's own ``torch.Generator``, whose state is in
+``state_dict()``), and hands the base optimizer a closure whose loss is
+
+    I_h(θ) = (1/J) Σ_j I(θ + h ξ_j),
+
+evaluated in ONE batched call (``torch.func.vmap`` over the J perturbations of
+``closure.functional_loss``). ``closure()`` writes ∇I_h(θ) = (1/J) Σ_j ∇I(θ + hξ_j) into
+``p.grad``; ``closure(backward=False)`` evaluates the same I_h (same ξ) without grad
+(RelSAV's r̂); ``functional_residuals`` stacks the J perturbed residual vectors (scaled so
+mean(q²) = I_h), so full-Jacobian IEQ also works under SPM (N becomes J·N).
+
+The wrapper shares ``param_groups``/``state``/``defaults`` with the base optimizer, and
+passes ``diagnostics``/``epoch_start`` through (absent when the base lacks them), so a
+training loop can treat it as any optimizer. It subclasses ``torch.optim.Optimizer`` so
+LR schedulers accept it.
+"""
+from __future__ import annotations
+
+import torch
+from torch.func import vmap
+from torch.optim import Optimizer
+
+_PASSTHROUGH = ("diagnostics", "epoch_start")
+
+
+class PerturbedClosure:
+    """The SPM closure for one step: the batch closure averaged over fixed perturbations."""
+
+    def __init__(self, closure, xi: dict[str, torch.Tensor], h: float):
+        self.closure = closure
+        self.xi = xi
+        self.h = h
+
+    @property
+    def params(self):
+        return self.closure.params
+
+    def _perturb(self, params):
+        # {name: [J, *shape]} = θ + h ξ_j for the J perturbations
+        return {n: (p.unsqueeze(0) + self.h * self.xi[n]) if n in self.xi else p
+                for n, p in params.items()}
+
+    def _split(self, params):
+        pert = self._perturb(params)
+        batched = {n: v for n, v in pert.items() if n in self.xi}
+        fixed = {n: v for n, v in pert.items() if n not in self.xi}
+        return batched, fixed
+
+    def functional_loss(self, params):
+        batched, fixed = self._split(params)
+        losses = vmap(lambda b: self.closure.functional_loss({**fixed, **b}))(batched)   # [J]
+        return losses.mean()                              # I_h = (1/J) Σ_j I(θ + hξ_j)
+
+    def functional_residuals(self, params):
+        batched, fixed = self._split(params)
+        res = vmap(lambda b: self.closure.functional_residuals({**fixed, **b}))(batched)  # [J, N]
+        return res.reshape(-1)                            # mean(q²) = I_h (every N is equal)
+
+    def __call__(self, backward: bool = True):
+        params = self.closure.params
+        if not backward:
+            with torch.no_grad():
+                return self.functional_loss({n: p.detach() for n, p in params.items()})
+        with torch.enable_grad():
+            for p in params.values():
+                p.grad = None
+            loss = self.functional_loss(params)
+            loss.backward()                               # p.grad = ∇I_h(θ)
+        return loss.detach()
+
+
+class SPM(Optimizer):
+    """Wrap ``base_optimizer`` with the smoothing of paper Alg. 1 (see module docstring)."""
+
+    def __init__(self, base_optimizer: Optimizer, J: int = 10, h: float = 1e-4,
+                 seed: int | None = None):
+        if isinstance(J, bool) or not isinstance(J, int) or J < 1:
+            raise ValueError(f"SPM J (number of perturbations) must be a positive integer, "
+                             f"got {J!r}")
+        h = float(h)
+        if not h > 0:
+            raise ValueError(f"SPM h (perturbation size) must be positive, got {h}")
+        if isinstance(base_optimizer, SPM):
+            raise ValueError("SPM cannot wrap another SPM")
+        params = [p for g in base_optimizer.param_groups for p in g["params"]]
+        super().__init__([{"params": params}], {})
+        # from here on param_groups/state/defaults are the base's (see _shared)
+        self.__dict__["base"] = base_optimizer
+        self.J = J
+        self.h = h
+        self.generator = torch.Generator(device=params[0].device)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.generator.manual_seed(int(seed))
+        self.last_xi: dict[str, torch.Tensor] | None = None
+
+    def _shared(name):  # noqa: N805 — property factory used in the class body
+        def get(self):
+            d = self.__dict__
+            return getattr(d["base"], name) if "base" in d else d["_own_" + name]
+
+        def set_(self, value):
+            d = self.__dict__
+            if "base" in d:
+                setattr(d["base"], name, value)
+            else:
+                d["_own_" + name] = value
+        return property(get, set_, doc=f"The base optimizer's ``{name}`` (shared).")
+
+    param_groups = _shared("param_groups")
+    state = _shared("state")
+    defaults = _shared("defaults")
+    del _shared
+
+    def __getattr__(self, name):
+        # only reached when normal lookup fails: pass diagnostics/epoch_start through
+        if name in _PASSTHROUGH and "base" in self.__dict__:
+            return getattr(self.__dict__["base"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def draw(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """ξ for one step: for each parameter (in ``params`` order) a [J, *shape] N(0,1) draw."""
+        return {n: torch.randn((self.J, *p.shape), generator=self.generator,
+                               dtype=p.dtype, device=p.device)
+                for n, p in params.items()}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is None:
+            raise ValueError("SPM.step() needs a closure with functional_loss(params) and "
+                             "params (gradflow_exp.optim.BatchClosure)")
+        if not (hasattr(closure, "functional_loss") and hasattr(closure, "params")):
+            raise TypeError("SPM needs a closure with functional_loss(params) and params "
+                            "(gradflow_exp.optim.BatchClosure)")
+        self.last_xi = self.draw(closure.params)
+        return self.base.step(PerturbedClosure(closure, self.last_xi, self.h))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict) -> None:
+        if "base" in self.__dict__:
+            self.base.add_param_group(param_group)
+        else:  # during Optimizer.__init__
+            super().add_param_group(param_group)
+
+    def state_dict(self) -> dict:
+        return {"base": self.base.state_dict(),
+                "spm": {"J": self.J, "h": self.h, "generator": self.generator.get_state()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.base.load_state_dict(state_dict["base"])
+        spm = state_dict["spm"]
+        self.J, self.h = int(spm["J"]), float(spm["h"])
+        self.generator.set_state(spm["generator"].clone().cpu())
+
+    def __repr__(self) -> str:
+        return f"SPM(J={self.J}, h={self.h}, base={self.base!r})"

@@ -1,0 +1,165 @@
+"""Tidy frame → the paper's figure layout: one panel per quantity, epoch on a linear x axis,
+errors on a log y axis, one curve per method (median over seeds with a band).
+
+Diverged runs are drawn up to their last finite value and end in an ×, and the legend says
+how many seeds diverged or failed: a method that blew up must not look like one that won.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+# (column or derived name, panel title, y scale); a panel appears only when its data exists.
+PANELS = [
+    ("train_rel_error", "train relative error", "log"),
+    ("test_rel_error", "test relative error", "log"),
+    ("energy", "energy r²", "log"),
+    ("one_minus_q", "1 − r/r̂", "symlog"),
+    ("test_accuracy", "test accuracy", "linear"),
+]
+BANDS = {"minmax": ("min–max", 0.0, 100.0), "iqr": ("IQR", 25.0, 75.0)}
+
+
+def add_derived(df: pd.DataFrame) -> pd.DataFrame:
+    """1 − q (q = r/r̂) is what the paper's Fig 6 plots: how far SAV's r drifts from √E."""
+    if "q" in df.columns:
+        df = df.assign(one_minus_q=1.0 - df["q"].astype(float))
+    return df
+
+
+def panels_for(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    return [p for p in PANELS if p[0] in df.columns and np.isfinite(df[p[0]].astype(float)).any()]
+
+
+def seed_matrix(g: pd.DataFrame, column: str, scale: str) -> pd.DataFrame:
+    """epoch × run matrix of finite values (non-positive ones dropped on a log axis)."""
+    v = g[["epoch", "run_dir", column]].dropna(subset=["epoch"]).copy()
+    y = v[column].astype(float)
+    keep = np.isfinite(y) & ((y > 0) if scale == "log" else True)
+    v[column] = y.where(keep)
+    v = v.drop_duplicates(["epoch", "run_dir"], keep="last")
+    return v.pivot(index="epoch", columns="run_dir", values=column).sort_index()
+
+
+def median_band(mat: pd.DataFrame, band: str = "minmax"):
+    """Median line and band over seeds at each epoch, from the seeds still running there."""
+    _, lo_q, hi_q = BANDS[band]
+    arr = mat.to_numpy(float)
+    has = np.isfinite(arr).any(axis=1)
+    med, lo, hi = (np.full(len(arr), np.nan) for _ in range(3))
+    if has.any():
+        a = arr[has]
+        med[has] = np.nanmedian(a, axis=1)
+        lo[has] = np.nanpercentile(a, lo_q, axis=1)
+        hi[has] = np.nanpercentile(a, hi_q, axis=1)
+    return mat.index.to_numpy(float), med, lo, hi
+
+
+def last_finite(mat: pd.DataFrame, run_dir: str):
+    """(epoch, value) where a run's curve stops; None if it never had a finite value."""
+    if run_dir not in mat.columns:
+        return None
+    col = mat[run_dir].dropna()
+    return (float(col.index[-1]), float(col.iloc[-1])) if len(col) else None
+
+
+def legend_label(method: str, statuses: pd.Series) -> str:
+    """'sgd lr=50 (diverged 2/3, failed 1/3)'."""
+    n = len(statuses)
+    notes = [f"{st} {int((statuses == st).sum())}/{n}" for st in ("diverged", "failed", "incomplete")
+             if (statuses == st).any()]
+    return f"{method} ({', '.join(notes)})" if notes else method
+
+
+def _set_scale(ax, scale: str, values: np.ndarray) -> None:
+    """symlog for 1 − q, which changes sign (RelSAV's r can exceed r̂); linthresh from data."""
+    if scale == "symlog":
+        v = np.abs(values[np.isfinite(values) & (values != 0)])
+        if v.size and (values[np.isfinite(values)] > 0).all():
+            ax.set_yscale("log")
+        else:
+            ax.set_yscale("symlog", linthresh=float(v.min()) if v.size else 1e-12)
+    elif scale == "log":
+        ax.set_yscale("log")
+        pos = values[np.isfinite(values) & (values > 0)]
+        if pos.size and pos.max() < 10 * pos.min():
+            # Under one decade matplotlib labels minor ticks as 9.975×10⁻¹; plain numbers read better.
+            plain = FuncFormatter(lambda v, _: f"{v:.4g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+
+
+def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str = "minmax") -> list[Path]:
+    """One figure (PNG and PDF) for one experiment; returns the paths written."""
+    g_exp = add_derived(df[df["experiment"] == experiment])
+    panels = panels_for(g_exp) or PANELS[:2]
+    methods = list(dict.fromkeys(g_exp["method"]))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    axes = axes[0]
+    handles, any_end = [], False
+    seeds = g_exp.groupby("method", sort=False)["run_dir"].nunique()
+    for i, method in enumerate(methods):
+        color = colors[i % len(colors)]
+        g = g_exp[g_exp["method"] == method]
+        statuses = g.groupby("run_dir", sort=False)["status"].first()
+        for ax, (col, _, scale) in zip(axes, panels):
+            if col not in g.columns:
+                continue
+            mat = seed_matrix(g, col, scale)
+            if mat.empty or not np.isfinite(mat.to_numpy(float)).any():
+                continue
+            x, med, lo, hi = median_band(mat, band)
+            ax.plot(x, med, color=color, lw=1.4)
+            if mat.shape[1] > 1:
+                ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+            for run_dir, st in statuses.items():
+                end = last_finite(mat, run_dir) if st != "completed" else None
+                if end is not None:
+                    ax.plot(*end, marker="x", ms=8, mew=2, color=color, ls="none", zorder=5)
+                    any_end = True
+        handles.append(Line2D([], [], color=color, lw=1.6, label=legend_label(method, statuses)))
+    for ax, (col, title, scale) in zip(axes, panels):
+        vals = g_exp[col].astype(float).to_numpy() if col in g_exp.columns else np.array([])
+        _set_scale(ax, scale, vals)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, which="major", alpha=0.3)
+    if any_end:
+        handles.append(Line2D([], [], color="k", marker="x", ls="none", mew=2, label="run stopped (diverged/failed)"))
+    n_max = int(seeds.max()) if len(seeds) else 0
+    sub = f" — median over seeds (n ≤ {n_max}), band {BANDS[band][0]}" if n_max > 1 else ""
+    fig.suptitle(f"{experiment}{sub}")
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{_safe(experiment)}_curves"
+    paths = []
+    for ext in ("png", "pdf"):
+        path = stem.with_suffix(f".{ext}")
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "runs"
+
+
+def plot_all(df: pd.DataFrame, out_dir: Path, band: str = "minmax") -> list[Path]:
+    """One figure per experiment found (runs of different problems share no axes)."""
+    paths = []
+    for exp in dict.fromkeys(df["experiment"]):
+        paths += plot_experiment(df, exp, Path(out_dir), band)
+    return paths

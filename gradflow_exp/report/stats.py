@@ -1,0 +1,296 @@
+"""Tidy frame → per-run numbers → per-method table and paired tests between methods.
+
+Seeds are the replicates: a method's number is a mean over seeds with a t-interval (few
+seeds, unknown variance), and two methods are compared only on the seeds both ran, because
+the seed fixes the data and the initialisation shared by every method.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+ERROR_METRICS = ["train_rel_error", "test_rel_error"]
+ACCURACY_METRICS = ["train_accuracy", "test_accuracy"]
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies go up; losses and errors go down."""
+    return "accuracy" in metric
+
+
+def summary_metrics(df: pd.DataFrame) -> list[str]:
+    """The metrics the table reports: relative errors always, accuracies when logged."""
+    return ERROR_METRICS + [m for m in ACCURACY_METRICS if m in df.columns and df[m].notna().any()]
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, int]:
+    """(mean, half-width of the t confidence interval, n) of the finite values.
+
+    The half-width is NaN for n = 1: one seed says nothing about the spread."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(v[0]), math.nan, 1
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    return float(v.mean()), float(half), n
+
+
+def _finite(s: pd.Series) -> pd.Series:
+    return s[np.isfinite(s.astype(float))]
+
+
+def time_to_target(curve: pd.DataFrame, metric: str, target: float) -> tuple[float, float]:
+    """(epoch, wall time in s) of the first logged epoch whose ``metric`` reaches ``target``
+    (≤ for errors, ≥ for accuracies); (NaN, NaN) when it never does. Resolution is the
+    logging interval (trainer.log_every)."""
+    if metric not in curve.columns:
+        return math.nan, math.nan
+    v = curve[metric].astype(float)
+    hit = v >= target if higher_is_better(metric) else v <= target
+    hit &= np.isfinite(v)
+    if not hit.any():
+        return math.nan, math.nan
+    row = curve.loc[hit.idxmax()]
+    return float(row["epoch"]), float(row.get("wall_time", math.nan))
+
+
+def per_run(df: pd.DataFrame, metric: str = "test_rel_error", target: float = 1e-3) -> pd.DataFrame:
+    """One row per run: identity, status, final and best of every reported metric, time to
+    target and wall time per epoch. ``final`` is the last logged value (NaN for a run that
+    diverged: its last row is the non-finite one); ``best`` is over finite values only."""
+    metrics = list(dict.fromkeys(summary_metrics(df) + [metric]))
+    rows = []
+    for run_dir, g in df.groupby("run_dir", sort=False):
+        first = g.iloc[0]
+        curve = g[g["epoch"].notna()]
+        row = {k: first[k] for k in ("run_dir", "experiment", "method", "seed", "status", "error")}
+        for m in metrics:
+            vals = curve[m].astype(float) if m in curve.columns else pd.Series(dtype=float)
+            fin = _finite(vals)
+            row[f"final_{m}"] = float(vals.iloc[-1]) if len(vals) else math.nan
+            row[f"best_{m}"] = (fin.max() if higher_is_better(m) else fin.min()) if len(fin) else math.nan
+        row["epochs"] = float(curve["epoch"].max()) if len(curve) else math.nan
+        row["target_epoch"], row["target_time"] = time_to_target(curve, metric, target)
+        row["wall_per_epoch"] = _wall_per_epoch(first, curve)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _wall_per_epoch(first, curve) -> float:
+    """Run wall time / epochs completed (summary.json), else from the last metrics row."""
+    wall, epochs = first.get("run_wall_time"), first.get("epochs_completed")
+    if pd.notna(wall) and pd.notna(epochs) and epochs > 0:
+        return float(wall) / float(epochs)
+    if len(curve) and "wall_time" in curve.columns and curve["epoch"].iloc[-1] > 0:
+        return float(curve["wall_time"].iloc[-1]) / float(curve["epoch"].iloc[-1])
+    return math.nan
+
+
+def status_counts(statuses) -> str:
+    """'2 completed, 1 diverged' — in a fixed order so tables line up."""
+    order = ["completed", "diverged", "failed", "incomplete"]
+    counts = pd.Series(list(statuses)).value_counts()
+    keys = [k for k in order if k in counts] + sorted(k for k in counts.index if k not in order)
+    return ", ".join(f"{counts[k]} {k}" for k in keys)
+
+
+def method_table(runs: pd.DataFrame, metric: str = "test_rel_error", target: float = 1e-3) -> pd.DataFrame:
+    """Per (experiment, method): n seeds, status counts, mean/CI/median/n of final and best
+    of each metric over seeds, how many seeds reached the target and the median epoch and
+    time at which they did, mean wall time per epoch. Numbers only (the Markdown adds text)."""
+    metrics = [c[len("final_"):] for c in runs.columns if c.startswith("final_")]
+    rows = []
+    for (exp, method), g in runs.groupby(["experiment", "method"], sort=False):
+        row = {"experiment": exp, "method": method, "n": len(g),
+               "seeds": int(g["seed"].nunique()), "status": status_counts(g["status"])}
+        for st in ("completed", "diverged", "failed"):
+            row[f"n_{st}"] = int((g["status"] == st).sum())
+        for kind in ("final", "best"):
+            for m in metrics:
+                col = g[f"{kind}_{m}"].astype(float)
+                mean, half, n = mean_ci(col)
+                fin = _finite(col)
+                row[f"{kind}_{m}_mean"], row[f"{kind}_{m}_ci95"] = mean, half
+                row[f"{kind}_{m}_median"] = float(fin.median()) if n else math.nan
+                row[f"{kind}_{m}_n"] = n
+        reached = g["target_epoch"].notna()
+        row["target_metric"], row["target"] = metric, target
+        row["target_reached"] = int(reached.sum())
+        row["target_epoch_median"] = float(g.loc[reached, "target_epoch"].median()) if reached.any() else math.nan
+        row["target_time_median"] = float(g.loc[reached, "target_time"].median()) if reached.any() else math.nan
+        row["wall_per_epoch_mean"] = float(_finite(g["wall_per_epoch"].astype(float)).mean()) \
+            if _finite(g["wall_per_epoch"].astype(float)).size else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def holm(pvalues) -> list[float]:
+    """Holm–Bonferroni adjusted p values (NaN stays NaN): many pairs, one family."""
+    p = np.asarray(pvalues, dtype=float)
+    ok = np.flatnonzero(np.isfinite(p))
+    out = np.full_like(p, np.nan)
+    order = ok[np.argsort(p[ok])]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def paired_test(a, b, metric: str = "test_rel_error") -> dict:
+    """Compare two methods on the same seeds. Errors are compared on log10 (they span
+    decades; a ratio is what matters); accuracies as they are. Wilcoxon signed-rank for
+    n ≥ 6 pairs (below that its smallest p value cannot reach 0.05), else a paired t-test."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not higher_is_better(metric):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a, b = np.log10(a), np.log10(b)
+    n = len(a)
+    out = {"n_pairs": n, "test": "", "statistic": math.nan, "p_value": math.nan,
+           "mean_diff": float(np.mean(a - b)) if n else math.nan}
+    if n < 2:
+        out["test"] = "too few pairs"
+        return out
+    if n >= 6:
+        out["test"] = "wilcoxon"
+        if np.all(a == b):
+            out["statistic"], out["p_value"] = 0.0, 1.0
+            return out
+        res = stats.wilcoxon(a, b)
+    else:
+        out["test"] = "paired t"
+        d = a - b
+        if np.allclose(d, d[0], rtol=1e-12, atol=1e-300):
+            # t = mean/0: undefined, and scipy only warns; say so instead of printing inf.
+            out["test"] = "paired t (constant difference)"
+            return out
+        res = stats.ttest_rel(a, b)
+    out["statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
+    return out
+
+
+def significance(runs: pd.DataFrame, metric: str = "test_rel_error") -> pd.DataFrame:
+    """Every pair of methods within an experiment, on the seeds both ran to a finite final
+    ``metric`` (runs that diverged or failed are counted in ``n_excluded``, not compared).
+    ``mean_diff`` is mean(a − b) on the compared scale (log10 for errors: −1 means a is 10×
+    lower); ``better`` names the method with the better median; p values are Holm-adjusted
+    over the experiment's pairs in ``p_holm``."""
+    col = f"final_{metric}"
+    out = []
+    for exp, g in runs.groupby("experiment", sort=False):
+        methods = list(dict.fromkeys(g["method"]))
+        rows = []
+        for ma, mb in itertools.combinations(methods, 2):
+            a = g[g["method"] == ma].dropna(subset=["seed"]).drop_duplicates("seed").set_index("seed")[col]
+            b = g[g["method"] == mb].dropna(subset=["seed"]).drop_duplicates("seed").set_index("seed")[col]
+            shared = a.index.intersection(b.index)
+            both = shared[np.isfinite(a[shared].astype(float)) & np.isfinite(b[shared].astype(float))]
+            res = paired_test(a[both].to_numpy(float), b[both].to_numpy(float), metric)
+            ma_med, mb_med = a[both].median(), b[both].median()
+            better = ""
+            if len(both) and ma_med != mb_med:
+                a_wins = ma_med > mb_med if higher_is_better(metric) else ma_med < mb_med
+                better = ma if a_wins else mb
+            rows.append({"experiment": exp, "method_a": ma, "method_b": mb, "metric": f"final {metric}",
+                         "n_shared_seeds": len(shared), "n_excluded": len(shared) - len(both), **res,
+                         "median_a": ma_med, "median_b": mb_med, "better": better})
+        for r, p in zip(rows, holm([r["p_value"] for r in rows])):
+            r["p_holm"] = p
+        out += rows
+    cols = ["experiment", "method_a", "method_b", "metric", "n_shared_seeds", "n_excluded", "n_pairs",
+            "test", "statistic", "p_value", "p_holm", "mean_diff", "median_a", "median_b", "better"]
+    return pd.DataFrame(out, columns=cols)
+
+
+# --- Markdown -------------------------------------------------------------------------
+
+def fmt_num(x, metric: str = "") -> str:
+    """Errors in scientific notation (they span decades), accuracies as fractions."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "" if x is None or math.isnan(x) else str(x)
+    return f"{x:.4f}" if higher_is_better(metric) else f"{x:.3e}"
+
+
+def fmt_ci(mean, half, n, total, metric: str = "") -> str:
+    """'1.234e-03 ± 2.1e-04', no ± for one seed, '(k/n)' when only k of n seeds had a
+    finite value (the others diverged or failed)."""
+    if n == 0:
+        return "—"
+    s = fmt_num(mean, metric)
+    if math.isfinite(half):
+        s += f" ± {half:.4f}" if higher_is_better(metric) else f" ± {half:.1e}"
+    if n < total:
+        s += f" ({n}/{total})"
+    return s
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub pipe table of strings (no tabulate dependency)."""
+    cols = list(df.columns)
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(cell, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+_SHORT = {"train_rel_error": "train rel err", "test_rel_error": "test rel err",
+          "train_accuracy": "train acc", "test_accuracy": "test acc"}
+
+
+def method_markdown(table: pd.DataFrame) -> str:
+    """The per-method table for humans: one column per (final|best) × metric as mean ± CI."""
+    if table.empty:
+        return ""
+    metric, target = table["target_metric"].iloc[0], table["target"].iloc[0]
+    metrics = [m for m in ERROR_METRICS + ACCURACY_METRICS if f"final_{m}_mean" in table.columns]
+    cmp = "≥" if higher_is_better(metric) else "≤"
+    out = pd.DataFrame({"experiment": table["experiment"], "method": table["method"],
+                        "n": table["n"], "status": table["status"]})
+    for kind in ("final", "best"):
+        for m in metrics:
+            out[f"{kind} {_SHORT.get(m, m)} (mean ± 95% CI)"] = [
+                fmt_ci(r[f"{kind}_{m}_mean"], r[f"{kind}_{m}_ci95"], r[f"{kind}_{m}_n"], r["n"], m)
+                for _, r in table.iterrows()]
+    out[f"median final {_SHORT.get(metric, metric)}"] = [fmt_num(v, metric) for v in table[f"final_{metric}_median"]]
+    reach = []
+    for _, r in table.iterrows():
+        if r["target_reached"] == 0:
+            reach.append(("not reached", "not reached"))
+            continue
+        part = "" if r["target_reached"] == r["n"] else f" ({r['target_reached']}/{r['n']})"
+        reach.append((f"{r['target_epoch_median']:g}{part}", f"{r['target_time_median']:.3g}{part}"))
+    out[f"epochs to {_SHORT.get(metric, metric)} {cmp} {target:g} (median)"] = [a for a, _ in reach]
+    out["time to target (s, median)"] = [b for _, b in reach]
+    out["s / epoch"] = [f"{v:.3g}" if math.isfinite(v) else "" for v in table["wall_per_epoch_mean"]]
+    return to_markdown(out)
+
+
+def significance_markdown(sig: pd.DataFrame) -> str:
+    if sig.empty:
+        return "(only one method: no pairs to compare)"
+    out = sig[["experiment", "method_a", "method_b", "n_pairs", "n_excluded", "test"]].copy()
+    out["statistic"] = [f"{v:.4g}" if math.isfinite(v) else "" for v in sig["statistic"]]
+    out["p"] = [f"{v:.3g}" if math.isfinite(v) else "" for v in sig["p_value"]]
+    out["p (Holm)"] = [f"{v:.3g}" if math.isfinite(v) else "" for v in sig["p_holm"]]
+    out["mean diff (log10 a − b)" if not higher_is_better(sig["metric"].iloc[0]) else "mean diff (a − b)"] = \
+        [f"{v:+.3g}" if math.isfinite(v) else "" for v in sig["mean_diff"]]
+    out["better (median)"] = sig["better"]
+    return to_markdown(out)
+
+
+def problem_runs_markdown(runs: pd.DataFrame) -> str:
+    """Runs that did not complete, with their error: failures must be visible, not averaged."""
+    bad = runs[runs["status"] != "completed"]
+    if bad.empty:
+        return ""
+    out = pd.DataFrame({"run_dir": bad["run_dir"], "method": bad["method"],
+                        "seed": bad["seed"].astype("string").fillna(""), "status": bad["status"],
+                        "last epoch": [f"{v:g}" if math.isfinite(v) else "" for v in bad["epochs"]],
+                        "error": bad["error"].fillna("")})
+    return to_markdown(out)

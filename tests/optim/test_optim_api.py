@@ -1,0 +1,214 @@
+"""Hyperparameter validation, the closure requirement, time scaling, registry and configs."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from gradflow_exp.optim import (
+    AEGD, ARelSAV, AResSAV, ASAV, IEQ, SAV, SPM, ExpSAV, IEQAdaptive, RelExpSAV, RelSAV,
+    ResSAV, build_optimizer,
+)
+from optim_testlib import METHODS, batches, closure_for, flat, regression_data, small_net
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "optimizer"
+ALL = [SAV, ResSAV, RelSAV, ASAV, AResSAV, ARelSAV, ExpSAV, RelExpSAV, IEQ, IEQAdaptive, AEGD]
+WITH_C = [SAV, ResSAV, RelSAV, ASAV, AResSAV, ARelSAV, ExpSAV, RelExpSAV, AEGD]
+WITH_LAM = [SAV, ResSAV, RelSAV, ASAV, AResSAV, ARelSAV, ExpSAV, RelExpSAV]
+WITH_ETA = [RelSAV, ARelSAV, RelExpSAV]
+ADAPTIVE = [ASAV, AResSAV, ARelSAV]
+WITH_RESTART = [SAV, RelSAV, ASAV, ARelSAV, ExpSAV, RelExpSAV, AEGD]
+
+
+def params():
+    return small_net(2, 3).parameters()
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("lr", [0.0, -1.0, float("nan")])
+def test_bad_lr(cls, lr):
+    with pytest.raises(ValueError, match="lr"):
+        cls(params(), lr=lr)
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("k", [0.0, -2.0])
+def test_bad_time_scale(cls, k):
+    with pytest.raises(ValueError, match="time_scale"):
+        cls(params(), time_scale=k)
+
+
+@pytest.mark.parametrize("cls", WITH_C)
+@pytest.mark.parametrize("C", [0.0, -1.0])
+def test_bad_C(cls, C):
+    with pytest.raises(ValueError, match="C"):
+        cls(params(), C=C)
+
+
+@pytest.mark.parametrize("cls", WITH_LAM)
+def test_bad_lam(cls):
+    with pytest.raises(ValueError, match="lam"):
+        cls(params(), lam=-0.1)
+    cls(params(), lam=0.0)
+
+
+@pytest.mark.parametrize("cls", WITH_ETA)
+@pytest.mark.parametrize("eta", [-0.01, 1.01])
+def test_bad_eta(cls, eta):
+    with pytest.raises(ValueError, match="eta"):
+        cls(params(), eta=eta)
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+@pytest.mark.parametrize("betas", [(1.0, 0.999), (0.9, -0.1), (0.9,), "x"])
+def test_bad_betas(cls, betas):
+    with pytest.raises(ValueError, match="betas"):
+        cls(params(), betas=betas)
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE + [IEQAdaptive])
+def test_bad_eps(cls):
+    with pytest.raises(ValueError, match="eps"):
+        cls(params(), eps=-1e-8)
+
+
+@pytest.mark.parametrize("cls", WITH_RESTART)
+def test_bad_restart(cls):
+    with pytest.raises(ValueError, match="restart"):
+        cls(params(), restart="batch")
+
+
+def test_bad_second_moment():
+    with pytest.raises(ValueError, match="second_moment"):
+        ASAV(params(), second_moment="diag")
+
+
+def test_bad_spm():
+    base = SAV(params())
+    for kw in ({"J": 0}, {"J": 2.5}, {"h": 0.0}, {"h": -1e-4}):
+        with pytest.raises(ValueError):
+            SPM(base, **kw)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_step_requires_closure(cls):
+    with pytest.raises(ValueError, match="closure"):
+        cls(params()).step()
+    with pytest.raises(ValueError, match="closure"):
+        SPM(cls(params())).step()
+
+
+def test_ieq_and_spm_need_functional_closure():
+    model = small_net(2, 3)
+    x, y = regression_data(8, 2)
+
+    def plain():
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+    with pytest.raises(TypeError, match="functional_residuals"):
+        IEQ(model.parameters()).step(plain)
+    with pytest.raises(TypeError, match="functional_loss"):
+        SPM(SAV(model.parameters())).step(plain)
+    SAV(model.parameters()).step(plain)         # a plain closure is enough for SAV
+
+
+# ------------------------------------------------------------------------- time scaling
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_time_scale_equals_scaled_lr_when_lam_is_zero(name):
+    """θ' = −K∇I: with λ = 0 every method with (Δt, K) equals the method with (KΔt, 1)."""
+    cls, kw = METHODS[name]
+    x, y = regression_data(48, 3)
+    K = 3.0
+    runs = []
+    for lr, k in ((kw["lr"], K), (kw["lr"] * K, 1.0)):
+        model = small_net(3)
+        opt = cls(model.parameters(), **{**kw, "lr": lr, "time_scale": k})
+        for _, first, xb, yb in batches(x, y, 16, 2):
+            opt.step(closure_for(model, xb, yb))
+        runs.append(flat(model))
+    assert torch.allclose(runs[0], runs[1], rtol=1e-9, atol=1e-12), name
+
+
+def test_sav_small_dt_follows_k_gradient_flow():
+    """Small Δt: SAV with time_scale K ≈ SGD with lr KΔt (relative error O(Δt))."""
+    x, y = regression_data(32, 3)
+    K, dt = 5.0, 1e-5
+    out = []
+    for make in (lambda m: SAV(m.parameters(), lr=dt, lam=4.0, time_scale=K),
+                 lambda m: torch.optim.SGD(m.parameters(), lr=K * dt)):
+        model = small_net(3)
+        th0 = flat(model).clone()
+        opt = make(model)
+        for _ in range(5):
+            opt.step(closure_for(model, x, y))
+        out.append(flat(model) - th0)
+    assert float((out[0] - out[1]).norm() / out[1].norm()) < 1e-3
+
+
+def test_registry_passes_time_scale_or_scales_lr():
+    model = small_net(3)
+    sav = build_optimizer(OmegaConf.load(CONF / "sav.yaml"), model, time_scale=4.0)
+    assert isinstance(sav, SAV) and sav.param_groups[0]["time_scale"] == 4.0
+    assert sav.param_groups[0]["lr"] == 0.2
+    sgd = build_optimizer(OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.1}), model,
+                          time_scale=4.0)
+    assert sgd.param_groups[0]["lr"] == pytest.approx(0.4)
+
+
+def test_registry_wraps_in_spm():
+    model = small_net(3)
+    cfg = OmegaConf.load(CONF / "relsav.yaml")
+    off = build_optimizer(cfg, model)
+    assert isinstance(off, RelSAV)
+    cfg.spm = {"J": 7, "h": 1e-6, "seed": 0}
+    on = build_optimizer(cfg, model)
+    assert isinstance(on, SPM) and isinstance(on.base, RelSAV)
+    assert (on.J, on.h) == (7, 1e-6)
+    assert on.param_groups[0]["lr"] == 0.2 and on.param_groups is on.base.param_groups
+
+
+OURS = ["sav", "ressav", "relsav", "asav", "aressav", "arelsav", "expsav", "relexpsav", "ieq",
+        "ieq_adaptive", "aegd"]
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_config_instantiates_and_steps(name):
+    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    assert cfg._target_.startswith("gradflow_exp.optim.")
+    model = small_net(3)
+    opt = build_optimizer(cfg, model, time_scale=2.0)
+    x, y = regression_data(16, 3)
+    opt.step(closure_for(model, x, y))
+    assert all(math.isfinite(float(v)) for v in opt.diagnostics().values())
+    assert "lr" in cfg
+    # the shared keys mean the same thing everywhere
+    for key in ("C", "lam", "eta"):
+        if key in cfg:
+            assert opt.param_groups[0][key] == cfg[key]
+
+
+def test_param_group_hyperparameters_are_validated():
+    model = small_net(3)
+    with pytest.raises(ValueError, match="lr"):
+        SAV([{"params": [model[0].weight], "lr": -1.0}, {"params": [model[0].bias]}])
+    opt = RelSAV([model[0].weight], lr=0.1)
+    with pytest.raises(ValueError, match="eta"):
+        opt.add_param_group({"params": [model[0].bias], "eta": 2.0})
+
+
+def test_expsav_zero_gradient_with_stale_r_is_finite():
+    model = small_net(3)
+    x, y = regression_data(8, 3)
+    opt = ExpSAV(model.parameters(), lr=0.1)
+
+    def zero_grad_closure(backward=True):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        return loss.detach()
+    opt.state[opt.param_groups[0]["params"][0]]["log_r"] = torch.tensor(1e4)
+    th0 = flat(model).clone()
+    opt.step(zero_grad_closure)
+    assert torch.equal(flat(model), th0)

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from gradflow_exp.losses import MSELoss
+from gradflow_exp.models import MLP, TwoLayerNet
+
+
+@pytest.mark.parametrize("mean_field", [True, False])
+def test_two_layer_is_the_papers_net(mean_field):
+    torch.manual_seed(0)
+    net = TwoLayerNet(3, 1, width=7, mean_field=mean_field).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    W, b, a = net.hidden.weight, net.hidden.bias, net.out.weight
+    # f(x) = (1/m) Σ_k a_k relu(w_k·[x;1])
+    expected = torch.relu(torch.cat([x, torch.ones(5, 1, dtype=torch.float64)], 1) @ torch.cat([W, b[:, None]], 1).t()) @ a.t()
+    expected = expected / 7 if mean_field else expected
+    assert torch.allclose(net(x), expected, rtol=1e-14, atol=1e-15)
+    assert net.particle_scale == (3.5 if mean_field else 1.0)
+
+
+@pytest.mark.parametrize("mean_field", [True, False])
+def test_manual_gradient_equals_autograd(mean_field):
+    torch.manual_seed(1)
+    net = TwoLayerNet(4, 1, width=9, mean_field=mean_field).double()
+    x, y = torch.randn(13, 4, dtype=torch.float64), torch.randn(13, 1, dtype=torch.float64)
+    loss = MSELoss()(net(x), y)
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    manual = net.mse_loss_and_grad(x, y)
+    assert torch.allclose(manual, loss, rtol=1e-14)
+    for p, g in zip(net.parameters(), grads):
+        assert torch.allclose(p.grad, g, rtol=1e-12, atol=1e-15)
+
+
+def test_bad_width_and_init():
+    with pytest.raises(ValueError, match="model.width must be a positive integer"):
+        TwoLayerNet(3, 1, width=0)
+    with pytest.raises(ValueError, match="valid: default, kaiming, normal"):
+        TwoLayerNet(3, 1, width=4, init="xavier")
+    with pytest.raises(ValueError, match="valid: relu, tanh, sigmoid"):
+        MLP(3, 2, activation="gelu")
