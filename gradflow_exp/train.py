@@ -90,13 +90,14 @@ def build(cfg: DictConfig):
 
 def set_threads(threads, model, batch_size: int, device: torch.device) -> None:
     """CPU intra-op threads. 'auto': one thread when a step is small (batch × parameters
-    < 5e7): there, a second thread costs more in synchronisation than it saves — on a busy
-    2-core machine up to 10× per step — while full-batch steps gain from all cores."""
+    < 1e6, e.g. fig7): there a second thread costs more in synchronisation than it saves
+    (on a busy 2-core machine up to 10× per step); larger steps (fig1, fig2, mnist) use
+    PyTorch's default. Parallel sweeps should set threads=1."""
     if device.type != "cpu":
         return
     if threads == "auto":
         work = batch_size * sum(p.numel() for p in model.parameters())
-        if work < 5e7:
+        if work < 1e6:
             torch.set_num_threads(1)
         return
     if not isinstance(threads, int) or threads <= 0:

@@ -12,12 +12,17 @@ same thing for SGD (Euler) and SGD with momentum.
 from __future__ import annotations
 
 import inspect
+import logging
 
 import hydra.utils
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gradflow_exp.optim.spm import SPM
+
+
+SHARED_KEYS = ("C", "lam", "eta", "restart")
+log = logging.getLogger(__name__)
 
 
 def resolve_time_scale(time_scale, model: torch.nn.Module) -> float:
@@ -44,8 +49,16 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, time_scale: float =
     node = OmegaConf.to_container(cfg, resolve=True)
     spm = node.pop("spm", None)
     target = hydra.utils.get_class(node["_target_"])
+    accepted = inspect.signature(target.__init__).parameters
     kwargs = {k: v for k, v in node.items() if not k.startswith("_")}
-    if "time_scale" in inspect.signature(target.__init__).parameters:
+    for key in SHARED_KEYS:
+        # Every optimizer config carries the shared keys so that one sweep
+        # (optimizer=sgd,sav optimizer.C=1,100) composes for all methods.
+        if key in kwargs and key not in accepted:
+            if kwargs[key] is not None:
+                log.warning("%s has no hyperparameter %s; %s=%s is ignored", target.__name__, key, key, kwargs[key])
+            del kwargs[key]
+    if "time_scale" in accepted:
         kwargs["time_scale"] = time_scale
     elif time_scale != 1.0:
         kwargs["lr"] = kwargs["lr"] * time_scale

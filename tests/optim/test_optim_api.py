@@ -185,8 +185,10 @@ def test_config_instantiates_and_steps(name):
     assert "lr" in cfg
     # the shared keys mean the same thing everywhere
     for key in ("C", "lam", "eta"):
-        if key in cfg:
+        if cfg.get(key) is not None:
             assert opt.param_groups[0][key] == cfg[key]
+        else:       # null: a shared key this method does not have
+            assert key not in opt.param_groups[0]
 
 
 def test_param_group_hyperparameters_are_validated():
@@ -212,3 +214,14 @@ def test_expsav_zero_gradient_with_stale_r_is_finite():
     th0 = flat(model).clone()
     opt.step(zero_grad_closure)
     assert torch.equal(flat(model), th0)
+
+
+def test_shared_keys_sweep_across_methods(caplog):
+    """optimizer=sgd,sav optimizer.C=1,100 composes for both: SGD ignores C with a warning."""
+    model = small_net(3)
+    cfg = OmegaConf.load(CONF / "sgd.yaml")
+    cfg.C = 100.0
+    with caplog.at_level("WARNING"):
+        opt = build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.SGD) and "C" not in opt.param_groups[0]
+    assert "SGD has no hyperparameter C" in caplog.text
