@@ -24,7 +24,7 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=None,
                    help="sweep directory (default outputs/FIG/reproduce/<time>)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv=None) -> int:
