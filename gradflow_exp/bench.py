@@ -1,0 +1,241 @@
+"""``gradflow-bench``: what each method costs, against SGD and against the machine.
+
+One process, one run: for each problem (fig1, fig2, fig7, mnist at their batch sizes) every
+method's optimizer steps are timed *interleaved* with SGD's (round-robin over methods,
+``--repeats`` rounds, warm-up excluded, medians), so the ratios to SGD are measured
+under the same machine load. The machine's own dense matmul rate is measured in the same
+run; a problem's achieved GFLOP/s (forward + backward of the model, SGD's step) is
+reported against it. Memory: the optimizer's state bytes and the process's peak RSS
+(CUDA: peak allocated). Prints a table and writes JSON (``--json``).
+
+Targets (issue 5) are ratios to SGD: SAV-type, ExpSAV, IEQ-adaptive, AEGD ≤ 1.10×,
+RelSAV ≤ 1.40×, IEQ full Jacobian ≤ 2.5× (fig2, batch 64), SPM(J=10) ≤ 4× its base.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from omegaconf import OmegaConf
+
+from gradflow_exp.data import Dataset, build_dataset
+from gradflow_exp.losses import build_loss
+from gradflow_exp.models import MLP, TwoLayerNet
+from gradflow_exp.optim import BatchClosure, build_optimizer
+from gradflow_exp.cli import CONF_DIR
+
+
+@dataclass
+class Problem:
+    name: str
+    batch: int | None      # None: full batch
+    model: str
+    D: int | None = None
+    width: int | None = None
+    dataset: str = "sincos"
+
+
+PROBLEMS = {
+    "fig1": Problem("fig1", None, "two_layer", 20, 1000),
+    "fig2": Problem("fig2", 64, "two_layer", 40, 1000),
+    "fig7": Problem("fig7", 64, "two_layer", 40, 100, "quadratic"),
+    "mnist": Problem("mnist", 64, "mlp", dataset="mnist"),
+}
+METHODS = ["sgd", "adam", "sav", "ressav", "relsav", "asav", "aressav", "arelsav", "expsav",
+           "relexpsav", "ieq_adaptive", "aegd", "ieq", "spm_sgd", "spm_sav"]
+TARGETS = {"sav": 1.10, "ressav": 1.10, "asav": 1.10, "aressav": 1.10, "expsav": 1.10,
+           "ieq_adaptive": 1.10, "aegd": 1.10, "relsav": 1.40, "arelsav": 1.40,
+           "relexpsav": 1.40, "ieq": 2.5}
+SPM_TARGET = 4.0           # SPM(J=10) against its base method
+
+
+def matmul_gflops(dtype, device, n=1024, repeats=5) -> float:
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def model_flops(model, batch: int) -> float:
+    """Forward + backward FLOPs of one step (matmuls only; backward ≈ 2× forward)."""
+    fwd = sum(2 * batch * m.in_features * m.out_features for m in model.modules()
+              if isinstance(m, torch.nn.Linear))
+    return 3 * fwd
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_problem(p: Problem, dtype, device, seed=0) -> tuple[Dataset, callable]:
+    if p.dataset == "mnist":
+        cfg = OmegaConf.create({"name": "mnist", "root": None})
+    else:
+        cfg = OmegaConf.create({"name": p.dataset, "D": p.D, "M": 10000})
+    data = build_dataset(cfg, seed).to(device, dtype)
+
+    def make_model():
+        torch.manual_seed(seed)
+        if p.model == "mlp":
+            return MLP(data.in_dim, data.out_dim, hidden=[100]).to(device, dtype)
+        return TwoLayerNet(data.in_dim, 1, width=p.width).to(device, dtype)
+
+    return data, make_model
+
+
+def state_bytes(opt) -> int:
+    total = 0
+    for st in opt.state.values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor):
+                total += v.numel() * v.element_size()
+    return total
+
+
+def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
+    data, make_model = build_problem(p, dtype, device)
+    loss_fn = build_loss("cross_entropy" if p.dataset == "mnist" else "mse")
+    n = data.x_train.shape[0]
+    bs = p.batch or n
+    n_batches = math.ceil(n / bs)
+    gen = torch.Generator(device=device).manual_seed(0)
+    runs = {}
+    for m in methods:
+        cfg = OmegaConf.load(CONF_DIR / "optimizer" / f"{m}.yaml")
+        if "defaults" in cfg:       # spm_<base>: the base config plus its spm node
+            base = OmegaConf.load(CONF_DIR / "optimizer" / f"{cfg.defaults[0]}.yaml")
+            cfg = OmegaConf.merge(base, {"spm": cfg.spm})
+            cfg.spm.seed = 0
+        model = make_model()
+        cfg.lr = 1e-4 if m not in ("sgd",) else 1e-4   # tiny steps: timing, not training
+        runs[m] = (model, build_optimizer(cfg, model))
+
+    def run_steps(model, opt, k):
+        perm = torch.randperm(n, generator=gen, device=device)
+        for b in range(k):
+            i = (b % n_batches) * bs
+            idx = perm[i:i + bs]
+            opt.step(BatchClosure(model, loss_fn, data.x_train[idx], data.y_train[idx]))
+        _sync(device)
+
+    times = {m: [] for m in methods}
+    for m in methods:                        # warm-up (allocations, first-call overheads)
+        run_steps(*runs[m], 2)
+    for _ in range(repeats):
+        for m in methods:                    # interleaved: each round sees the same load
+            t = time.perf_counter()
+            run_steps(*runs[m], steps)
+            times[m].append((time.perf_counter() - t) / steps)
+    sgd = statistics.median(times["sgd"])
+    flops = model_flops(runs["sgd"][0], bs)
+    out = {"batch": bs, "steps_per_epoch": n_batches, "flops_per_step": flops,
+           "gflops_sgd": flops / sgd / 1e9, "methods": {}}
+    for m in methods:
+        med = statistics.median(times[m])
+        out["methods"][m] = {"step_s": med, "epoch_s": med * n_batches, "ratio_sgd": med / sgd,
+                             "state_bytes": state_bytes(runs[m][1])}
+    return out
+
+
+def check_targets(res: dict) -> list[str]:
+    lines = []
+    for prob, r in res["problems"].items():
+        for m, v in r["methods"].items():
+            target = TARGETS.get(m)
+            if m == "ieq" and prob != "fig2":
+                target = None
+            if m.startswith("spm_"):
+                base = r["methods"].get(m[4:])
+                if base:
+                    ratio = v["step_s"] / base["step_s"]
+                    lines.append(_verdict(prob, f"{m} vs {m[4:]}", ratio, SPM_TARGET))
+                continue
+            if target is not None:
+                lines.append(_verdict(prob, m, v["ratio_sgd"], target))
+    return lines
+
+
+def _verdict(prob, what, ratio, target):
+    ok = ratio <= target
+    miss = "" if ok else f"  MISSED by {ratio / target:.2f}×"
+    return f"{'ok  ' if ok else 'MISS'} {prob:6s} {what:22s} {ratio:6.2f}× (target ≤ {target}×){miss}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="gradflow-bench", description=__doc__.split("\n\n")[1])
+    ap.add_argument("--problems", default="fig1,fig2,fig7,mnist")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    ap.add_argument("--json", default="bench.json")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    methods = [m.strip() for m in args.methods.split(",")]
+    unknown = [m for m in methods + [m[4:] for m in methods if m.startswith("spm_")]
+               if not (CONF_DIR / "optimizer" / f"{m}.yaml").exists()]
+    if unknown:
+        print(f"gradflow-bench: error: unknown method(s) {unknown}", file=sys.stderr)
+        return 2
+    if "sgd" not in methods:
+        methods.insert(0, "sgd")
+    probs = [p.strip() for p in args.problems.split(",")]
+    if bad := [p for p in probs if p not in PROBLEMS]:
+        print(f"gradflow-bench: error: unknown problem(s) {bad}; valid: {', '.join(PROBLEMS)}", file=sys.stderr)
+        return 2
+    res = {"device": str(device), "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+           "threads": torch.get_num_threads(), "dtype": args.dtype,
+           "matmul_gflops": {"float32": matmul_gflops(torch.float32, device),
+                             "float64": matmul_gflops(torch.float64, device)},
+           "problems": {}}
+    peak = res["matmul_gflops"][args.dtype]
+    print(f"device {res['device_name']}, {res['threads']} threads, {args.dtype}; "
+          f"dense matmul {res['matmul_gflops']['float32']:.1f} GFLOP/s (float32), "
+          f"{res['matmul_gflops']['float64']:.1f} (float64)")
+    for prob in probs:
+        ms = [m for m in methods if not (m == "ieq" and prob in ("fig1", "mnist"))]  # IEQ: batch² solve
+        r = bench_problem(PROBLEMS[prob], ms, dtype, device, args.repeats, args.steps)
+        r["fraction_of_matmul_peak"] = r["gflops_sgd"] / peak
+        res["problems"][prob] = r
+        print(f"\n{prob}: batch {r['batch']}, {r['steps_per_epoch']} steps/epoch, SGD at "
+              f"{r['gflops_sgd']:.2f} GFLOP/s = {100 * r['fraction_of_matmul_peak']:.0f}% of matmul peak")
+        print(f"  {'method':14s} {'ms/step':>9s} {'s/epoch':>9s} {'× SGD':>7s} {'state KiB':>10s}")
+        for m, v in r["methods"].items():
+            print(f"  {m:14s} {1e3 * v['step_s']:9.3f} {v['epoch_s']:9.3f} {v['ratio_sgd']:7.2f} "
+                  f"{v['state_bytes'] / 1024:10.1f}")
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        res["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    res["targets"] = check_targets(res)
+    print("\ntargets (ratios measured in this run):")
+    print("\n".join("  " + line for line in res["targets"]))
+    print(f"\npeak RSS {res['peak_rss_mib']:.0f} MiB")
+    with open(args.json, "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
