@@ -112,7 +112,11 @@ def dot(xs, ys) -> torch.Tensor:
     """Σ_i ⟨x_i, y_i⟩ accumulated in float64 (0-d tensor, no host sync)."""
     if not xs:
         return torch.zeros((), dtype=F64)
-    return torch.stack([(x * y).sum(dtype=F64) for x, y in zip(xs, ys)]).sum()
+    if xs[0].dtype == F64:      # one fused dot per tensor, no temporaries
+        parts = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
+    else:
+        parts = [(x * y).sum(dtype=F64) for x, y in zip(xs, ys)]
+    return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
 
 
 def to_dtype(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -149,7 +153,10 @@ class EnergyOptimizer(Optimizer):
     def _set_diagnostics(self, **values: torch.Tensor) -> None:
         anchor = self._anchor()
         for k in self.diagnostic_keys:
-            anchor["diag_" + k] = values[k].detach().to(F64).reshape(())
+            v = values[k]       # steps compute these as 0-d float64 already: no conversion op
+            if v.dtype != F64 or v.dim() != 0 or v.requires_grad:
+                v = v.detach().to(F64).reshape(())
+            anchor["diag_" + k] = v
 
     def diagnostics(self) -> dict[str, float | torch.Tensor]:
         """Last step's diagnostics (0-d tensors); NaN for every key before the first step."""
