@@ -1,45 +1,186 @@
-"""Command-line checks Hydra does not do: an unknown key gets the valid ones listed."""
+"""Command-line checks Hydra does not do, each ending in one line on stderr (exit code 2)
+before anything is trained: unknown keys and group choices (the valid ones listed), values
+of the wrong type, an output directory that cannot be written; and ``resume=RUN_DIR``.
+
+Everything here is torch-free, so `python -m gradflow_exp.train` can reject bad input
+before the multi-second torch import.
+"""
 from __future__ import annotations
 
 import difflib
+import math
 import sys
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 _MISSING = object()
+MULTIRUN_FLAGS = ("-m", "--multirun")
+INSPECT_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
+OBJECTIVES = ("final", "best")
+LOGGERS = ("wandb", "none")
 
 
 def _groups() -> set[str]:
-    return {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    return {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"}
+
+
+def _options(group: str) -> list[str]:
+    root = CONF_DIR / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def preflight(args: list[str]) -> list[str]:
+    """Every check before Hydra starts; returns the arguments to run (resume= expanded)."""
+    if any(a in INSPECT_FLAGS for a in args):      # --help, --cfg job, ...: nothing runs
+        return args
+    args = expand_resume(args)
+    check_overrides(args)
+    check_output_dir(args)
+    return args
+
+
+def fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 def check_overrides(args: list[str]) -> None:
-    """Exit with one clear line if a plain ``key=value`` override names no existing key."""
-    plain, group_overrides = [], []
-    groups = _groups()
-    for a in args:
-        if a.startswith("-") or "=" not in a:
-            continue
-        key, value = a.split("=", 1)
-        if key.startswith(("+", "~", "hydra")):
-            continue
-        if key.lstrip("/") in groups:
-            first = value.split(",")[0]
-            if "(" not in first:
-                group_overrides.append(f"{key}={first}")
-            continue
-        plain.append(key)
-    if not plain:
+    """Exit with one clear line if an override names no existing key or group option,
+    or (single runs) gives a value of the wrong type."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it itself
         return
-    cfg = _compose(group_overrides)
-    if cfg is None:     # composition failed: Hydra itself will report the group typo
+    groups = _groups()
+    group_overrides, plain, single = [], [], []
+    for o in parsed:
+        key = o.key_or_group.lstrip("/")
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")) or o.is_delete():
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() and o.is_discrete_sweep() else (
+            [] if o.is_sweep_override() else [o.get_value_element_as_str()])
+        if key in groups:
+            valid = _options(key)
+            for v in values:
+                if v != "null" and v not in valid:
+                    fail(f"Could not find '{key}/{v}'. Available options in '{key}': {', '.join(valid)}")
+            if key == "hparams_search" and values != ["null"] and not _has_optuna_sweeper():
+                fail("hparams_search needs the Optuna sweeper: pip install -e '.[hparams]' (scripts/setup.sh does)")
+            if values:
+                group_overrides.append(f"{o.input_line.split('=', 1)[0]}={values[0]}")
+            continue
+        if not o.is_add():
+            plain.append(key)
+        if not o.is_sweep_override():
+            single.append(o.input_line)
+    cfg = _compose(group_overrides + single)
+    if cfg is None:
+        # Composition failed: find the unknown key on the groups alone (else Hydra reports it).
+        base = _compose(group_overrides)
+        if base is None:
+            return
+        for key in plain:
+            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+                fail(_unknown_key_message(base, key))
         return
     for key in plain:
         if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
-            print(f"error: {_unknown_key_message(cfg, key)}", file=sys.stderr)
-            sys.exit(2)
+            fail(_unknown_key_message(cfg, key))
+    if not any(a in MULTIRUN_FLAGS for a in args):
+        # A single run's config is exactly this one (a sweep's jobs check their own in build).
+        try:
+            validate_config(cfg)
+        except ValueError as e:
+            fail(str(e))
+
+
+def _has_optuna_sweeper() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+    except ImportError:
+        return False
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Types and ranges that are the same for every method (raises ValueError, one line).
+    Method-specific ranges (C > 0, η ∈ [0, 1], …) are the optimizers' own checks."""
+    t = cfg.trainer
+    _check_int(t.epochs, "trainer.epochs", 0)
+    _check_int(t.log_every, "trainer.log_every", 1)
+    if t.batch_size is not None:
+        _check_int(t.batch_size, "trainer.batch_size", 0, "a positive integer or null (full batch)")
+    if t.get("checkpoint_every") is not None:
+        _check_int(t.checkpoint_every, "trainer.checkpoint_every", 1, "a positive integer or null (only at the end)")
+    lr = cfg.optimizer.get("lr")
+    if not _is_number(lr) or not lr > 0:
+        raise ValueError(f"optimizer.lr (Δt) must be a positive number, got {lr!r}")
+    for key in ("C", "lam", "eta"):
+        v = cfg.optimizer.get(key)
+        if v is not None and not _is_number(v):
+            raise ValueError(f"optimizer.{key} must be a number or null, got {v!r}")
+    if cfg.logger.get("backend") not in LOGGERS:
+        raise ValueError(f"logger.backend={cfg.logger.get('backend')!r}; valid: {', '.join(LOGGERS)}")
+    if cfg.get("hparams_objective", "final") not in OBJECTIVES:
+        raise ValueError(f"hparams_objective={cfg.hparams_objective!r}; valid: {', '.join(OBJECTIVES)}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def _check_int(v, name: str, minimum: int, what: str | None = None) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        what = what or ("a non-negative integer" if minimum == 0 else "a positive integer")
+        raise ValueError(f"{name} must be {what}, got {v!r}")
+
+
+def check_output_dir(args: list[str]) -> None:
+    """Hydra tracebacks when it cannot create the run directory: try it here first.
+
+    Checks the literal part (up to the first ``${``) of hydra.run.dir / hydra.sweep.dir
+    as given, else of the default outputs/; creating it is what Hydra would do next anyway.
+    """
+    given = [a for a in args if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    for arg in given or ["hydra.run.dir=outputs/"]:
+        key, value = arg.split("=", 1)
+        literal = value.split("${", 1)[0]
+        if "${" in value:   # keep the whole path components before the first interpolation
+            literal = literal.rsplit("/", 1)[0] if "/" in literal else ""
+        path = Path(literal or ".")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            fail(f"cannot write the output directory {key}={value}: {e.strerror or e}")
+
+
+def expand_resume(args: list[str]) -> list[str]:
+    """``resume=RUN_DIR`` → the run's own overrides plus ``hydra.run.dir=RUN_DIR``, i.e.
+    the command that started it; the run then continues from its checkpoint."""
+    resume = [a for a in args if a.startswith("resume=")]
+    if not resume:
+        return args
+    if any(a in MULTIRUN_FLAGS for a in args):
+        fail("resume=RUN_DIR continues one run; to continue a sweep, run it again with the same hydra.sweep.dir")
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        fail(f"resume={run_dir}: not a run directory (no .hydra/overrides.yaml)")
+    try:
+        overrides = [str(o) for o in OmegaConf.load(saved)]
+    except Exception as e:  # noqa: BLE001
+        fail(f"resume={run_dir}: cannot read {saved}: {e}")
+    rest = [a for a in args if not a.startswith(("resume=", "hydra.run.dir="))]
+    # hydra.mode=RUN: a job of a sweep (hparams_search sets MULTIRUN) resumes as itself.
+    return overrides + rest + [f"hydra.run.dir={run_dir}", "hydra.mode=RUN"]
 
 
 def _compose(overrides: list[str]) -> DictConfig | None:

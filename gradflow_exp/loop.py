@@ -4,14 +4,20 @@ It never branches on a method's name: optimizers are driven through the closure
 contract (`gradflow_exp.optim.closure`) and two optional hooks, ``epoch_start()`` and
 ``diagnostics()``. Data stay on the device and are batched by index; the only host
 syncs are one finiteness check per epoch and the logging points.
+
+Checkpoints are taken at epoch boundaries and hold everything the rest of the run depends
+on (parameters, optimizer state, every RNG, counters, the rows so far), so a run resumed
+from one ends exactly as an uninterrupted run would.
 """
 from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -34,6 +40,7 @@ class LoopConfig:
     progress: bool = True
     eval_chunk: int = 8192            # rows per forward pass when evaluating full sets
     collapse_q: float = 0.1           # summary flags q = r/r̂ below this as a collapsed auxiliary variable
+    checkpoint_every: int | None = None   # epochs between on_checkpoint calls (None: none)
 
     def __post_init__(self):
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -43,6 +50,10 @@ class LoopConfig:
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 0):
             raise ValueError(f"trainer.batch_size must be a positive integer or null (full batch), "
                              f"got {self.batch_size!r}")
+        if self.checkpoint_every is not None and (not isinstance(self.checkpoint_every, int)
+                                                  or self.checkpoint_every <= 0):
+            raise ValueError(f"trainer.checkpoint_every must be a positive integer or null (only at the end), "
+                             f"got {self.checkpoint_every!r}")
 
 
 @torch.no_grad()
@@ -55,11 +66,14 @@ def evaluate(model, x, y, chunk: int) -> dict[str, float]:
 
 
 def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed: int,
-          on_finish=None) -> dict:
+          on_finish=None, on_checkpoint=None, resume: dict | None = None, should_stop=None) -> dict:
     """Train and return the run summary. ``sinks`` get every logged row.
 
     ``on_finish(summary, state)`` is called once at the end, also when training raises,
-    with the summary so far and (unless it failed) everything needed to resume.
+    with the summary so far and (unless it failed mid-epoch) everything needed to resume.
+    ``on_checkpoint(state)`` is called every ``cfg.checkpoint_every`` epochs. ``resume``:
+    such a state, to continue from. ``should_stop()`` is polled after every epoch (SIGTERM):
+    when true the run ends there with status ``interrupted``.
     """
     n = data.x_train.shape[0]
     bs = cfg.batch_size or n
@@ -70,11 +84,15 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
     gen = torch.Generator(device=device).manual_seed(seed)   # data order, separate from init
 
     t0 = time.perf_counter()
+    wall0 = 0.0                       # wall time of earlier segments of a resumed run
     steps = 0
     status, error = "completed", None
     rows: list[dict] = []
     last_epoch = 0
     loss_sum = torch.zeros((), dtype=data.x_train.dtype, device=device)
+
+    def wall() -> float:
+        return wall0 + time.perf_counter() - t0
 
     def log_row(epoch: int, train_loss: float) -> dict:
         train = evaluate(model, data.x_train, data.y_train, cfg.eval_chunk)
@@ -83,7 +101,7 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
         row.update({f"train_{k}": v for k, v in train.items()})
         row.update({f"test_{k}": v for k, v in test.items()})
         row["lr"] = float(optimizer.param_groups[0]["lr"])
-        row["wall_time"] = time.perf_counter() - t0
+        row["wall_time"] = wall()
         diagnostics = getattr(optimizer, "diagnostics", None)
         if diagnostics is not None:
             row.update({k: float(v) for k, v in diagnostics().items()})
@@ -92,11 +110,34 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
             sink.log(row)
         return row
 
-    with torch.no_grad():
-        initial_loss = float(loss_fn(model(data.x_train), data.y_train))
-    row = log_row(0, initial_loss)
-    bar = tqdm(range(1, cfg.epochs + 1), desc="train", disable=not cfg.progress,
-               dynamic_ncols=True, leave=False)
+    def state(status: str) -> dict:
+        """Everything the rest of the run depends on, at the end of epoch ``last_epoch``."""
+        return {"epoch": last_epoch, "steps": steps, "status": status, "wall_time": wall(),
+                "rows": [dict(r) for r in rows], "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "data_rng": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                "python_rng": random.getstate(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+    if resume is None:
+        with torch.no_grad():
+            initial_loss = float(loss_fn(model(data.x_train), data.y_train))
+        log_row(0, initial_loss)
+    else:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["data_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        np.random.set_state(resume["numpy_rng"])
+        random.setstate(resume["python_rng"])
+        if resume.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
+        last_epoch, steps, wall0 = resume["epoch"], resume["steps"], resume["wall_time"]
+        rows = [dict(r) for r in resume["rows"]]      # the sinks already hold these
+        if resume["status"] in ("completed", "diverged"):   # killed between checkpoint and summary
+            status = resume["status"]
+    todo = range(last_epoch + 1, cfg.epochs + 1) if status == "completed" else []
+    bar = tqdm(todo, desc="train", disable=not cfg.progress, dynamic_ncols=True, leave=False)
     try:
         for epoch in bar:
             epoch_start = getattr(optimizer, "epoch_start", None)
@@ -123,21 +164,26 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
                     break
                 bar.set_postfix(train=f"{row['train_rel_error']:.3g}", test=f"{row['test_rel_error']:.3g}",
                                 refresh=False)
+            if epoch == cfg.epochs:
+                break                 # on_finish writes the final checkpoint
+            if on_checkpoint is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+                on_checkpoint(state("running"))
+            if should_stop is not None and should_stop():
+                status = "interrupted"
+                log.warning("stop requested (SIGTERM): run interrupted after epoch %d", epoch)
+                break
     except KeyboardInterrupt:
-        status, error = "failed", "interrupted"
+        # Mid-epoch: no consistent state to save; the last periodic checkpoint resumes it.
+        status, error = "interrupted", "KeyboardInterrupt"
         raise
     except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised by the caller
         status, error = "failed", f"{type(e).__name__}: {e}"
         raise
     finally:
         bar.close()
-        summary = _summary(rows, status, error, steps, last_epoch, time.perf_counter() - t0, cfg)
+        summary = _summary(rows, status, error, steps, last_epoch, wall(), cfg)
         if on_finish is not None:
-            state = None if status == "failed" else {
-                "epoch": last_epoch, "steps": steps, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "data_rng": gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "status": status}
-            on_finish(summary, state)
+            on_finish(summary, None if error is not None else state(status))
     return summary
 
 

@@ -42,6 +42,15 @@ def write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, lambda f: f.write(data))
 
 
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``; {} when it is missing or unreadable."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
 def save_checkpoint(path: Path, obj) -> None:
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
@@ -95,7 +104,7 @@ class WandbSink:
     """One W&B run per job. A logging failure never costs the run: it degrades to offline,
     then to no W&B at all, with a warning."""
 
-    def __init__(self, cfg, run_dir: Path, run_name: str, config: dict):
+    def __init__(self, cfg, run_dir: Path, run_name: str, config: dict, run_id: str | None = None):
         self.run = None
         try:
             import wandb
@@ -107,6 +116,10 @@ class WandbSink:
                       group=cfg.get("group"), name=run_name, tags=list(cfg.get("tags") or []),
                       config=config, dir=str(run_dir), job_type=cfg.get("job_type", "train"),
                       settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
+        if run_id is not None:
+            # A resumed run continues its W&B run (online); offline, a second offline-run-*
+            # directory with the same run id holds the epochs after the checkpoint.
+            kwargs.update(id=run_id, resume="allow")
         mode = cfg.get("mode", "offline")
         try:
             self.run = wandb.init(mode=mode, **kwargs)
@@ -123,6 +136,10 @@ class WandbSink:
             # Per-epoch curves use the epoch as x axis in the dashboard.
             self.run.define_metric("epoch")
             self.run.define_metric("*", step_metric="epoch")
+
+    @property
+    def run_id(self) -> str | None:
+        return getattr(self.run, "id", None) if self.run is not None else None
 
     @property
     def run_path(self) -> str | None:

@@ -2,12 +2,27 @@
 
     gradflow-train experiment=fig7 trainer.epochs=100
     python -m gradflow_exp.train -m experiment=fig7 optimizer=sgd,adam seed=0,1,2
+    gradflow-train resume=outputs/fig7/runs/<time>        # continue a killed run
 """
 from __future__ import annotations
 
-import logging
-import random
 import sys
+
+if __name__ == "__main__":
+    # `python -m gradflow_exp.train`: reject bad input in one line before the multi-second
+    # torch import below (the console script does the same in main()).
+    from gradflow_exp.cli import preflight
+
+    sys.argv[1:] = preflight(sys.argv[1:])
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import random
+import signal
+import threading
 from pathlib import Path
 
 import hydra
@@ -18,16 +33,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gradflow_exp.cli import CONF_DIR, check_overrides
+from gradflow_exp.cli import CONF_DIR, preflight, validate_config
 from gradflow_exp.data import build_dataset
 from gradflow_exp.losses import build_loss
 from gradflow_exp.loop import LoopConfig, train
 from gradflow_exp.optim import build_optimizer, resolve_time_scale
-from gradflow_exp.sinks import CSVSink, WandbSink, save_checkpoint, write_json
+from gradflow_exp.sinks import CSVSink, WandbSink, read_json, save_checkpoint, write_json
 
 log = logging.getLogger("gradflow_exp")
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+FINISHED = ("completed", "diverged")      # a job with this status is not run again
+# Keys that change how a run is logged, checkpointed or scheduled, not what it computes:
+# a run may be resumed with different values of these.
+NOT_IDENTITY = ("trainer.progress", "trainer.checkpoint", "trainer.checkpoint_every", "threads",
+                "hparams_objective", "logger")
 
 
 class ConfigError(ValueError):
@@ -61,6 +81,7 @@ def run_name() -> str:
 
 def build(cfg: DictConfig):
     """Everything a run needs, validated before any file is written."""
+    validate_config(cfg)
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype={cfg.dtype!r}; valid: {', '.join(DTYPES)}")
     dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
@@ -80,7 +101,8 @@ def build(cfg: DictConfig):
     t = cfg.trainer
     loop_cfg = LoopConfig(epochs=t.epochs, batch_size=t.batch_size, log_every=t.log_every,
                           shuffle=t.shuffle, progress=t.progress, eval_chunk=t.eval_chunk,
-                          collapse_q=t.collapse_q)
+                          collapse_q=t.collapse_q,
+                          checkpoint_every=t.get("checkpoint_every") if t.checkpoint else None)
     if (loop_cfg.batch_size or 0) > data.x_train.shape[0]:
         raise ConfigError(f"trainer.batch_size={loop_cfg.batch_size} is larger than the training set "
                           f"({data.x_train.shape[0]} samples)")
@@ -91,13 +113,14 @@ def build(cfg: DictConfig):
 def set_threads(threads, model, batch_size: int, device: torch.device) -> None:
     """CPU intra-op threads. 'auto': one thread when a step is small (batch × parameters
     < 1e6, e.g. fig7): there a second thread costs more in synchronisation than it saves
-    (on a busy 2-core machine up to 10× per step); larger steps (fig1, fig2, mnist) use
-    PyTorch's default. Parallel sweeps should set threads=1."""
+    (on a busy 2-core machine up to 10× per step); also one per job under the joblib and
+    submitit_local launchers, whose jobs run side by side on one machine; otherwise
+    PyTorch's default (the CPUs this process may use, e.g. a Slurm job's cpus_per_task)."""
     if device.type != "cpu":
         return
     if threads == "auto":
         work = batch_size * sum(p.numel() for p in model.parameters())
-        if work < 1e6:
+        if work < 1e6 or _parallel_local_launcher():
             torch.set_num_threads(1)
         return
     if not isinstance(threads, int) or threads <= 0:
@@ -105,40 +128,114 @@ def set_threads(threads, model, batch_size: int, device: torch.device) -> None:
     torch.set_num_threads(threads)
 
 
+def _parallel_local_launcher() -> bool:
+    try:
+        target = str(HydraConfig.get().launcher.get("_target_", ""))
+    except ValueError:      # not under Hydra (tests, notebooks)
+        return False
+    return "joblib" in target.lower() or target.endswith("LocalLauncher")
+
+
+def fingerprint(resolved: dict) -> str:
+    """Identifies what a run computes: a restarted job resumes or skips only its own run."""
+    d = copy.deepcopy(resolved)
+    for key in NOT_IDENTITY:
+        *parents, last = key.split(".")
+        node = d
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(last, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def objective(summary: dict, which: str = "final") -> float:
+    """What a job returns to a sweeper (Optuna minimises it): the final or best test relative
+    error; inf for a run that did not complete (diverged, failed, interrupted), so a search
+    ranks it last instead of stopping (Optuna records NaN as a failed trial)."""
+    if summary.get("status") != "completed":
+        return float("inf")
+    value = summary.get(which, {}).get("test_rel_error")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else float("inf")
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train one job into ``run_dir``; returns its summary."""
+    """Train one job into ``run_dir``; returns its summary.
+
+    A ``run_dir`` that already holds this run (same config): finished → skipped, its
+    summary returned; unfinished with a checkpoint → resumed from it.
+    """
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # noqa: BLE001 - a bad interpolation
+        raise ConfigError(_short(e)) from None
+    fp = fingerprint(resolved)
+    previous = read_json(run_dir / "summary.json")
+    if previous.get("fingerprint", fp) != fp:
+        raise ConfigError(f"{run_dir} already holds a run of another configuration; "
+                          "use a new hydra.run.dir (or hydra.sweep.dir)")
+    if previous.get("status") in FINISHED:
+        log.info("%s: already %s; skipping it (delete its summary.json to run it again)",
+                 run_dir, previous["status"])
+        return previous
     try:
         data, model, loss_fn, optimizer, loop_cfg = build(cfg)
     except (ValueError, TypeError, hydra.errors.InstantiationException) as e:
         raise ConfigError(_short(e)) from None
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    ckpt = None
+    if previous.get("fingerprint") == fp and (run_dir / "checkpoint.pt").is_file():
+        ckpt = _load_checkpoint(run_dir / "checkpoint.pt")
     run_dir.mkdir(parents=True, exist_ok=True)
-    log.info("run directory: %s", run_dir)
+    for tmp in run_dir.glob(".checkpoint.pt.*"):     # left by a kill during an atomic write
+        tmp.unlink(missing_ok=True)
+    base = {"run_dir": str(run_dir), "name": run_name(), "fingerprint": fp}
+    # Until it ends, summary.json says the run is unfinished: a killed run is never taken
+    # for a complete one, and a restart knows to resume it.
+    write_json(run_dir / "summary.json", {"status": "running", **base,
+                                          "resumed_from_epoch": ckpt["epoch"] if ckpt else None})
+    log.info("run directory: %s%s", run_dir, f" (resuming after epoch {ckpt['epoch']})" if ckpt else "")
     log.info("data: %d train / %d test, model: %d parameters, optimizer: %s",
              data.x_train.shape[0], data.x_test.shape[0],
              sum(p.numel() for p in model.parameters()), type(optimizer).__name__)
 
     csv_sink = CSVSink(run_dir / "metrics.csv")
+    if ckpt:
+        # metrics.csv starts again from the checkpoint's rows (the same bytes): rows logged
+        # after the checkpoint, or one cut by a kill, are dropped; the run appends the rest.
+        for row in ckpt["rows"]:
+            csv_sink.log(row)
     sinks = [csv_sink]
     wandb_sink = None
     if cfg.logger.backend == "wandb":
-        wandb_sink = WandbSink(cfg.logger, run_dir, run_name(), resolved)
+        wandb_sink = WandbSink(cfg.logger, run_dir, run_name(), resolved,
+                               run_id=ckpt.get("wandb_id") if ckpt else None)
         sinks.append(wandb_sink)
-    elif cfg.logger.backend != "none":
-        raise ConfigError(f"logger.backend={cfg.logger.backend!r}; valid: wandb, none")
+
+    def save(state):
+        save_checkpoint(run_dir / "checkpoint.pt", {**state, "config": resolved, "fingerprint": fp,
+                                                    "wandb_id": wandb_sink.run_id if wandb_sink else None})
 
     def on_finish(summary, state):
-        summary["run_dir"] = str(run_dir)
-        summary["name"] = run_name()
+        summary.update(base)
         if state is not None and cfg.trainer.checkpoint:
-            save_checkpoint(run_dir / "checkpoint.pt", {**state, "config": resolved})
+            save(state)
         write_json(run_dir / "summary.json", summary)
         csv_sink.close()
         if wandb_sink is not None:
             wandb_sink.summary(summary)
             wandb_sink.finish(exit_code=0 if summary["status"] == "completed" else 1)
 
-    summary = train(model, optimizer, loss_fn, data, loop_cfg, sinks, seed=cfg.seed, on_finish=on_finish)
+    # SIGTERM (kill, Slurm's scancel) ends the run after the current epoch, with a final
+    # checkpoint and status 'interrupted'. Signal handlers can only be set in the main thread.
+    stop = threading.Event()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set()) if in_main_thread else None
+    try:
+        summary = train(model, optimizer, loss_fn, data, loop_cfg, sinks, seed=cfg.seed, on_finish=on_finish,
+                        on_checkpoint=save if cfg.trainer.checkpoint else None, resume=ckpt,
+                        should_stop=stop.is_set)
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
     final = summary["final"]
     log.info("%s after %d epochs: train rel error %.3e, test rel error %.3e%s — %s",
              summary["status"], summary["epochs_completed"], final.get("train_rel_error", float("nan")),
@@ -150,6 +247,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return summary
 
 
+def _load_checkpoint(path: Path) -> dict | None:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}); "
+                          "delete it to start this run afresh") from None
+    if "rows" not in ckpt:      # written by an older version: nothing to resume from
+        return None
+    return ckpt
+
+
 def _short(e: Exception) -> str:
     """Hydra wraps constructor errors; keep the innermost message."""
     while isinstance(e, hydra.errors.InstantiationException) and e.__cause__ is not None:
@@ -159,27 +267,37 @@ def _short(e: Exception) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def hydra_main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> float:
+    """One job; returns its objective (see `objective`) for sweepers such as Optuna."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        run(cfg, run_dir)
+        summary = run(cfg, run_dir)
     except ConfigError as e:
-        # Bad input: one line, no traceback, nothing trained; the run directory says so.
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "summary.json", {"status": "failed", "error": str(e), "run_dir": str(run_dir)})
+        # Bad input: one line, no traceback, nothing trained. A fresh run directory says
+        # so; one that holds a run keeps its files.
+        if not (run_dir / "summary.json").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "summary.json", {"status": "failed", "error": str(e), "run_dir": str(run_dir)})
         print(f"error: {e}", file=sys.stderr)
-        if hc.mode != RunMode.MULTIRUN:
+        if not multirun:
             sys.exit(2)
+        return float("inf")
     except Exception as e:  # noqa: BLE001
         # summary.json already says 'failed' (written by the loop); keep the sweep going.
         log.exception("run failed: %s", e)
-        if hc.mode != RunMode.MULTIRUN:
+        if not multirun:
             sys.exit(1)
+        return float("inf")
+    if summary["status"] == "interrupted":
+        sys.exit(128 + signal.SIGTERM)      # stop here, sweep included, as a killed process would
+    return objective(summary, cfg.get("hparams_objective", "final"))
 
 
 def main() -> None:
-    check_overrides(sys.argv[1:])
+    if __name__ != "__main__":      # the console script (`python -m` ran this at import)
+        sys.argv[1:] = preflight(sys.argv[1:])
     hydra_main()
 
 

@@ -19,7 +19,10 @@ RUN_MARKERS = ("summary.json", "metrics.csv")
 SKIP_DIRS = {".hydra", "wandb", "__pycache__"}
 # Config keys whose differences do not make a different method: the seed is the replicate
 # axis; the rest only change how a run is logged or where it computes.
-NOT_METHOD_KEYS = {"seed", "device", "trainer.progress", "trainer.checkpoint", "trainer.eval_chunk"}
+# Keys that say how a run was executed or logged, not which method it is.
+NOT_METHOD_KEYS = {"seed", "device", "threads", "trainer.progress", "trainer.checkpoint",
+                   "trainer.eval_chunk", "trainer.log_every", "trainer.checkpoint_every", "trainer.epochs",
+                   "trainer.collapse_q", "hparams_objective", "resume"}
 NOT_METHOD_PREFIXES = ("logger.", "hydra.")
 RUN_COLUMNS = ["run_dir", "experiment", "method", "optimizer", "seed", "status",
                "epochs_completed", "run_wall_time", "error", "flags"]
@@ -219,9 +222,10 @@ def method_labels(runs: list[Run]) -> list[str]:
         groups.setdefault((r.experiment, r.optimizer), []).append(i)
     for idx in groups.values():
         with_cfg = [i for i in idx if runs[i].config]
-        keys: list[str] = []
-        for i in with_cfg:
-            keys += [k for k in runs[i].config if k not in keys and _is_method_key(k)]
+        # Only keys every run of the group has: runs written by an older version lack newer
+        # keys, which says nothing about the method.
+        keys = [k for k in (runs[with_cfg[0]].config if with_cfg else {})
+                if _is_method_key(k) and all(k in runs[i].config for i in with_cfg)]
         varying = [k for k in keys
                    if len({repr(runs[i].config.get(k, "<unset>")) for i in with_cfg}) > 1]
         for i in with_cfg:

@@ -1,0 +1,157 @@
+"""Checkpoint and resume: a killed run, started again, ends exactly as an uninterrupted run
+(CPU, float64: metrics.csv identical except wall_time, the same summary)."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from helpers import SMALL, compose_cfg
+from test_sweeps import hydra_inprocess
+
+RUN = ["experiment=fig7", "dataset.M=300", "trainer.epochs=200", "threads=1"]
+
+
+def rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in csv.DictReader(f)]
+
+
+def assert_same_run(run_dir, reference):
+    assert rows(run_dir) == rows(reference)
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (run_dir, reference))
+    for s in (a, b):
+        s["final"].pop("wall_time")
+    assert a["status"] == b["status"] == "completed"
+    for key in ("final", "best", "steps", "epochs_completed", "flags"):
+        assert a[key] == b[key], key
+
+
+def checkpoint_epoch(run_dir) -> int:
+    try:        # written atomically (rename): a read sees the old or the new file
+        return torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"]
+    except FileNotFoundError:
+        return -1
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run."""
+    from gradflow_exp.train import run
+
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    assert run(compose_cfg(SMALL + RUN), run_dir)["status"] == "completed"
+    return run_dir
+
+
+def test_sigkill_then_same_command_resumes_exactly(tmp_path, reference, monkeypatch):
+    args = [*SMALL, *RUN, "trainer.checkpoint_every=1", f"hydra.run.dir={tmp_path}/run"]
+    run_dir = tmp_path / "run"
+    with open(tmp_path / "killed.log", "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gradflow_exp.train", *args], cwd=tmp_path,
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "WANDB_SILENT": "true"})
+        deadline = time.monotonic() + 240
+        while checkpoint_epoch(run_dir) < 12:
+            assert proc.poll() is None, (tmp_path / "killed.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+    killed_at = checkpoint_epoch(run_dir)
+    assert 12 <= killed_at < 200
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"   # not passed off as done
+    hydra_inprocess(*args, monkeypatch=monkeypatch)          # the same command again
+    assert f"resuming after epoch {killed_at}" in (run_dir / "train.log").read_text()
+    assert_same_run(run_dir, reference)
+    assert not list(run_dir.glob(".checkpoint.pt.*"))      # no temp file left by the kill
+
+
+def test_sigterm_writes_checkpoint_and_interrupted_summary(tmp_path, reference):
+    from gradflow_exp.train import run
+
+    cfg = compose_cfg(SMALL + RUN + ["trainer.checkpoint_every=1"])
+    run_dir = tmp_path / "run"
+
+    done = threading.Event()
+
+    def send_sigterm():
+        while not done.is_set() and checkpoint_epoch(run_dir) < 5:
+            time.sleep(0.01)
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    # run() handles SIGTERM while it trains; this handler only guards pytest around it.
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)
+    sender = threading.Thread(target=send_sigterm)
+    try:
+        sender.start()
+        summary = run(cfg, run_dir)
+    finally:
+        done.set()
+        sender.join()
+        signal.signal(signal.SIGTERM, previous)
+    assert summary["status"] == "interrupted" and 5 <= summary["epochs_completed"] < 200
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["status"] == "interrupted" and ckpt["epoch"] == summary["epochs_completed"]
+    assert {"model", "optimizer", "data_rng", "torch_rng", "numpy_rng", "python_rng", "rows", "wall_time"} <= set(ckpt)
+    # Started again (checkpoint_every only changes what is written, not the run): resumes.
+    assert run(compose_cfg(SMALL + RUN), run_dir)["status"] == "completed"
+    assert_same_run(run_dir, reference)
+
+
+def test_energy_method_resumes_exactly(tmp_path, monkeypatch):
+    """SPM-SAV: r, the SPM wrapper's own generator and the rows after the checkpoint (dropped
+    from metrics.csv on resume) — rewound to epoch 2's checkpoint, it ends as before."""
+    import shutil
+
+    import gradflow_exp.train as train_mod
+
+    save = train_mod.save_checkpoint
+
+    def save_and_keep_epoch_2(path, state):
+        save(path, state)
+        if state["epoch"] == 2:
+            shutil.copy(path, tmp_path / "epoch2.pt")
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_and_keep_epoch_2)
+    cfg = compose_cfg(SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=spm_sav", "trainer.epochs=6",
+                               "trainer.log_every=1", "trainer.checkpoint_every=2", "threads=1"])
+    run_dir = tmp_path / "run"
+    done = train_mod.run(cfg, run_dir)
+    shutil.copytree(run_dir, tmp_path / "reference")
+    shutil.copy(tmp_path / "epoch2.pt", run_dir / "checkpoint.pt")     # killed after epoch 2's checkpoint
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running", "fingerprint": done["fingerprint"]}))
+    assert train_mod.run(cfg, run_dir)["status"] == "completed"
+    assert_same_run(run_dir, tmp_path / "reference")
+
+
+def test_finished_run_is_skipped_and_another_config_refused(tmp_path):
+    from gradflow_exp.train import ConfigError, run
+
+    cfg = compose_cfg(SMALL + ["experiment=fig7", "dataset.M=300", "trainer.epochs=1"])
+    run_dir = tmp_path / "run"
+    first = run(cfg, run_dir)
+    stamp = (run_dir / "metrics.csv").stat().st_mtime_ns
+    assert run(cfg, run_dir) == json.loads((run_dir / "summary.json").read_text()) and first["status"] == "completed"
+    assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
+    other = compose_cfg(SMALL + ["experiment=fig7", "dataset.M=300", "trainer.epochs=1", "seed=1"])
+    with pytest.raises(ConfigError, match="already holds a run of another configuration"):
+        run(other, run_dir)
+    assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
+
+
+def test_resume_argument_is_the_run_command(tmp_path):
+    from gradflow_exp.cli import expand_resume
+
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("- experiment=fig7\n- optimizer.lr=0.02\n")
+    assert expand_resume([f"resume={tmp_path}/run", "trainer.progress=false"]) == \
+        ["experiment=fig7", "optimizer.lr=0.02", "trainer.progress=false", f"hydra.run.dir={tmp_path}/run",
+         "hydra.mode=RUN"]

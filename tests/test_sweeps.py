@@ -1,0 +1,137 @@
+"""Launched sweeps: submitit (local), a restarted multirun, an Optuna search; launcher configs."""
+import json
+import math
+
+import pytest
+import yaml
+
+TINY = ["experiment=fig7", "dataset.M=300", "logger=none", "trainer.progress=false"]
+# Two jobs through submitit, each its own process; Δt = 50 makes the second diverge.
+SWEEP = ["-m", *TINY, "optimizer=sgd", "optimizer.lr=0.01,50", "trainer.epochs=2", "trainer.log_every=1"]
+
+
+def hydra_inprocess(*args, monkeypatch):
+    """`gradflow-train ARGS` in this process (no second torch import: seconds per call);
+    Hydra's global state and logging are put back afterwards."""
+    import logging
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from gradflow_exp.train import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setattr(sys, "argv", ["gradflow-train", *args])
+    try:
+        main()
+    finally:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()       # Hydra's train.log handlers
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def compose_hydra(overrides):
+    """The config with its hydra node (launcher, sweeper)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gradflow_exp.cli import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def statuses(sweep):
+    return [json.loads((sweep / str(i) / "summary.json").read_text())["status"] for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def submitit_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("submitit")
+    with pytest.MonkeyPatch.context() as mp:
+        hydra_inprocess(*SWEEP, "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp}/sweep", monkeypatch=mp)
+    return tmp
+
+
+def test_submitit_sweep_records_statuses_and_reports(submitit_sweep):
+    from gradflow_exp.report.cli import main as report_main
+
+    sweep = submitit_sweep / "sweep"
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2     # ran as submitit jobs
+    assert statuses(sweep) == ["completed", "diverged"]
+    assert report_main([str(sweep)]) == 0
+    runs = (sweep / "report" / "runs.csv").read_text()
+    assert "completed" in runs and "diverged" in runs
+
+
+def test_restarted_multirun_skips_finished_jobs(submitit_sweep, monkeypatch):
+    """The sweep died while job 0 was running: restarted (the same overrides, here with the
+    basic launcher), it runs job 0 again and leaves the diverged job 1 alone."""
+    sweep = submitit_sweep / "sweep"
+    done = json.loads((sweep / "0" / "summary.json").read_text())
+    metrics1 = (sweep / "1" / "metrics.csv").stat().st_mtime_ns
+    (sweep / "0" / "checkpoint.pt").unlink()
+    (sweep / "0" / "summary.json").write_text(json.dumps({"status": "running", "fingerprint": done["fingerprint"]}))
+    (sweep / "0" / "metrics.csv").write_text("epoch,step\n0,0\n1,")        # cut by the crash
+    hydra_inprocess(*SWEEP, f"hydra.sweep.dir={sweep}", monkeypatch=monkeypatch)
+    assert "already diverged; skipping it" in (sweep / "1" / "train.log").read_text()
+    assert (sweep / "1" / "metrics.csv").stat().st_mtime_ns == metrics1
+    assert statuses(sweep) == ["completed", "diverged"]
+    again = json.loads((sweep / "0" / "summary.json").read_text())
+    assert again["final"] == {**done["final"], "wall_time": again["final"]["wall_time"]}
+
+
+def test_optuna_search_over_lr_C_lam(tmp_path, monkeypatch):
+    hydra_inprocess("hparams_search=fig7", *TINY[1:], "trainer.epochs=1", "hparams_objective=best",
+                    "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}/search", monkeypatch=monkeypatch)
+    search = tmp_path / "search"
+    result = yaml.safe_load((search / "optimization_results.yaml").read_text())
+    trials = sorted(p for p in search.iterdir() if p.is_dir())
+    assert [p.name for p in trials] == ["0", "1", "2"]
+    best = []
+    for trial in trials:
+        summary = json.loads((trial / "summary.json").read_text())
+        config = yaml.safe_load((trial / ".hydra" / "config.yaml").read_text())
+        assert summary["status"] == "completed" and config["optimizer"]["_target_"].endswith("SAV")
+        assert 1e-3 <= config["optimizer"]["lr"] <= 1 and 1e-2 <= config["optimizer"]["C"] <= 1e3
+        assert 0 <= config["optimizer"]["lam"] <= 10
+        best.append(summary["best"]["test_rel_error"])
+    assert result["best_value"] == min(best)
+    assert set(result["best_params"]) == {"optimizer.lr", "optimizer.C", "optimizer.lam"}
+
+
+def test_objective_counts_unfinished_runs_as_worst():
+    from gradflow_exp.train import objective
+
+    run = {"status": "completed", "final": {"test_rel_error": 0.2}, "best": {"test_rel_error": 0.1}}
+    assert objective(run) == 0.2 and objective(run, "best") == 0.1
+    for status in ("diverged", "failed", "interrupted"):
+        assert objective({**run, "status": status}) == math.inf
+    assert objective({"status": "completed", "final": {"test_rel_error": math.nan}}) == math.inf
+
+
+@pytest.mark.parametrize("problem", ["fig1", "fig2", "fig7"])
+def test_hparams_search_configs(problem):
+    cfg = compose_hydra([f"hparams_search={problem}"])
+    sweeper = cfg.hydra.sweeper
+    assert cfg.name == problem and sweeper.direction == "minimize" and "Optuna" in sweeper._target_
+    assert {"optimizer.lr", "optimizer.C", "optimizer.lam"} <= set(sweeper.params)
+    assert sweeper.params.optimizer == "sav"        # not the experiment's method set
+
+
+def test_launcher_configs():
+    slurm = compose_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30",
+                           "hydra.launcher.cpus_per_task=2", "hydra.launcher.gpus_per_node=1",
+                           "hydra.launcher.mem_gb=16"]).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher")
+    assert (slurm.partition, slurm.timeout_min, slurm.cpus_per_task, slurm.gpus_per_node, slurm.mem_gb) == \
+        ("gpu", 30, 2, 1, 16)
+    joblib = compose_hydra(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]).hydra.launcher
+    assert "Joblib" in joblib._target_ and joblib.n_jobs == 2
