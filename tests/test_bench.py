@@ -1,0 +1,19 @@
+import json
+
+from gradflow_exp.bench import main
+
+
+def test_bench_writes_ratios_and_targets(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--problems", "fig7", "--methods", "sgd,sav,spm_sav", "--repeats", "1", "--steps", "2",
+                 "--threads", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    m = res["problems"]["fig7"]["methods"]
+    assert m["sgd"]["ratio_sgd"] == 1.0 and m["sav"]["ratio_sgd"] > 0
+    assert res["matmul_gflops"]["float64"] > 0 and res["problems"]["fig7"]["steps_per_epoch"] == 125
+    assert any("spm_sav vs sav" in line for line in res["targets"])
+    assert "targets (ratios measured in this run)" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_method():
+    assert main(["--methods", "sgd,savv"]) == 2
