@@ -135,3 +135,15 @@ def test_launcher_configs():
         ("gpu", 30, 2, 1, 16)
     joblib = compose_hydra(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]).hydra.launcher
     assert "Joblib" in joblib._target_ and joblib.n_jobs == 2
+
+
+def test_joblib_parallel_sweep(tmp_path):
+    """Two jobs side by side through the joblib launcher, each its own directory and status."""
+    from helpers import cli
+
+    sweep = tmp_path / "sweep"
+    r = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "optimizer=sgd,adam",
+            "trainer.epochs=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    statuses = sorted(json.loads((sweep / j / "summary.json").read_text())["status"] for j in ("0", "1"))
+    assert statuses == ["completed", "completed"]
