@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from gradflow_exp.optim.base import (
-    F64, RESTARTS, EnergyOptimizer, as_f64, check_C, check_choice, check_lr,
-    check_time_scale, grads_of, require_closure, to_dtype,
+    F64, RESTARTS, EnergyOptimizer, check_C, check_choice, check_lr,
+    check_time_scale, grads_of, to_dtype,
 )
 
 
@@ -39,10 +39,7 @@ class AEGD(EnergyOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        require_closure(closure, "AEGD")
-        with torch.enable_grad():
-            loss = closure()
-        I = as_f64(loss)
+        loss, I = self._loss_and_grad(closure)
         anchor = self._anchor()
         sqrtE = (I + self.param_groups[0]["C"]).sqrt()    # √(I(θⁿ)+c)
         restart = self._take_restart()

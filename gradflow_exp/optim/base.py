@@ -142,6 +142,14 @@ class EnergyOptimizer(Optimizer):
                 param_group[key] = check(param_group[key])
         super().add_param_group(param_group)
 
+    def _loss_and_grad(self, closure) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluate the closure (grads into ``p.grad``): the loss as returned, and I(θⁿ) as
+        a 0-d float64 tensor for the energy bookkeeping."""
+        require_closure(closure, type(self).__name__)
+        with torch.enable_grad():
+            loss = closure()
+        return loss, as_f64(loss)
+
     # -- state helpers
     def _anchor(self) -> dict:
         """State dict of the first parameter: home of the optimizer's scalar state."""

@@ -39,7 +39,7 @@ import torch
 from torch.func import jacrev
 
 from gradflow_exp.optim.base import (
-    F64, EnergyOptimizer, as_f64, check_eps, check_lr, check_time_scale, dot, grads_of,
+    F64, EnergyOptimizer, check_eps, check_lr, check_time_scale, dot, grads_of,
     require_closure, to_dtype,
 )
 
@@ -124,10 +124,7 @@ class IEQAdaptive(EnergyOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        require_closure(closure, "IEQAdaptive")
-        with torch.enable_grad():
-            loss = closure()
-        I = as_f64(loss)
+        loss, I = self._loss_and_grad(closure)
         eps = self.param_groups[0]["eps"]
         total = torch.zeros_like(I)                # Σ_groups Δt K ‖∇I‖²
         plans = []

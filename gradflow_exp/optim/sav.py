@@ -74,7 +74,7 @@ import torch
 
 from gradflow_exp.optim.base import (
     F64, RESTARTS, EnergyOptimizer, as_f64, check_betas, check_C, check_choice, check_eps,
-    check_eta, check_lam, check_lr, check_time_scale, dot, grads_of, require_closure,
+    check_eta, check_lam, check_lr, check_time_scale, dot, grads_of,
     to_dtype,
 )
 
@@ -155,10 +155,7 @@ class _SAVCore(EnergyOptimizer):
     # ------------------------------------------------------------------------- step
     @torch.no_grad()
     def step(self, closure=None):
-        require_closure(closure, type(self).__name__)
-        with torch.enable_grad():
-            loss = closure()
-        I = as_f64(loss)
+        loss, I = self._loss_and_grad(closure)
         g0 = self.param_groups[0]
         C = g0["C"]
         anchor = self._anchor()

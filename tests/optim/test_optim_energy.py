@@ -158,7 +158,7 @@ def test_relaxed_xi_and_inequality(cls, kw, dt):
                 if adaptive:
                     b1, b2 = o.param_groups[0]["betas"]
                     t = anchor(o)["step"].item()
-                    taus, s, sg = [], 0.0, []
+                    taus, s = [], 0.0
                     for p, g in zip(params, grads):
                         m = o.state[p]["exp_avg"]
                         v = o.state[p]["exp_avg_sq"]
