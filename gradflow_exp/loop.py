@@ -39,7 +39,7 @@ class LoopConfig:
     shuffle: bool = True
     progress: bool = True
     eval_chunk: int = 8192            # rows per forward pass when evaluating full sets
-    collapse_q: float = 0.1           # summary flags q = r/r̂ below this as a collapsed auxiliary variable
+    collapse_q: float = 0.01          # summary flags q = r/r̂ below this as a collapsed auxiliary variable
     checkpoint_every: int | None = None   # epochs between on_checkpoint calls (None: none)
 
     def __post_init__(self):

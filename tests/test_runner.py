@@ -132,17 +132,18 @@ def test_energy_methods_log_diagnostics_through_the_runner(run_inprocess):
     """SAV through the runner: diagnostics reach metrics.csv, r² never increases, and a
     collapsed r (mini-batch SAV with the per-particle step) is flagged in the summary."""
     summary, run_dir = run_inprocess("experiment=fig2", "dataset.M=1000", "model.width=50",
-                                     "optimizer=sav", "trainer.epochs=6", "trainer.log_every=1")
+                                     "optimizer=sav", "trainer.epochs=20", "trainer.log_every=1")
     m = pd.read_csv(run_dir / "metrics.csv")
     assert {"energy", "r", "r_hat", "q", "eff_step"} <= set(m.columns)
     energy = m.energy.iloc[1:].to_numpy()
     assert (energy[1:] <= energy[:-1]).all()
     assert any(f.startswith("aux_collapsed") for f in summary["flags"])
+    frozen = summary["final"]["train_rel_error"]
     # restarting r at every epoch start keeps it tracking √(I+C)
     summary, run_dir = run_inprocess("experiment=fig2", "dataset.M=1000", "model.width=50",
-                                     "optimizer=sav", "optimizer.restart=epoch", "trainer.epochs=6")
+                                     "optimizer=sav", "optimizer.restart=epoch", "trainer.epochs=20")
     assert summary["flags"] == []
-    assert summary["final"]["train_rel_error"] < 0.5
+    assert summary["final"]["train_rel_error"] < 0.9 * frozen
 
 
 @pytest.mark.parametrize("method", ["relsav", "spm_sav", "ieq", "ieq_adaptive", "expsav", "arelsav", "aegd"])
