@@ -38,3 +38,38 @@ def test_bad_width_and_init():
         TwoLayerNet(3, 1, width=4, init="xavier")
     with pytest.raises(ValueError, match="valid: relu, tanh, sigmoid"):
         MLP(3, 2, activation="gelu")
+
+
+def test_closed_form_gram_matches_jacobian_and_ieq_takes_the_same_step():
+    """IEQ with the two-layer net's closed-form JJᵀ gives the trajectory of the jacrev path."""
+    from torch.func import functional_call, jacrev
+
+    from gradflow_exp.optim import IEQ, BatchClosure
+
+    torch.manual_seed(2)
+    net = TwoLayerNet(5, 1, width=11).double()
+    x, y = torch.randn(9, 5, dtype=torch.float64), torch.randn(9, 1, dtype=torch.float64)
+    named = {k: v.detach() for k, v in net.named_parameters()}
+    J = jacrev(lambda p: functional_call(net, p, (x,)).reshape(-1))(named)
+    Jm = torch.cat([J[n].reshape(9, -1) for n in named], 1)
+    q, G = net.residual_gram(x, y)
+    assert torch.allclose(G, Jm @ Jm.T, rtol=1e-12, atol=1e-15)
+    assert torch.allclose(q, (net(x) - y).reshape(-1), rtol=0, atol=0)
+
+    class JacobianOnly:              # the same closure without residual_gram: jacrev path
+        def __init__(self, inner):
+            self.inner, self.params, self.functional_residuals = inner, inner.params, inner.functional_residuals
+
+        def __call__(self, backward=True):
+            return self.inner(backward)
+
+    fast_net, slow_net = TwoLayerNet(5, 1, width=11).double(), TwoLayerNet(5, 1, width=11).double()
+    slow_net.load_state_dict(fast_net.state_dict())
+    fast, slow = IEQ(fast_net.parameters(), lr=3.0), IEQ(slow_net.parameters(), lr=3.0)
+    for _ in range(5):
+        fast.step(BatchClosure(fast_net, MSELoss(), x, y))
+        slow.step(JacobianOnly(BatchClosure(slow_net, MSELoss(), x, y)))
+    for a, b in zip(fast_net.parameters(), slow_net.parameters()):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+    for k, v in fast.diagnostics().items():
+        assert torch.allclose(v, slow.diagnostics()[k], rtol=1e-9), k

@@ -52,6 +52,17 @@ class BatchClosure:
             loss.backward()
         return loss.detach()
 
+    def residual_gram(self):
+        """(q, G = JJᵀ, vjp) in closed form when the model provides it (MSE only, where the
+        residual is f − y); None otherwise, and IEQ forms J with torch.func instead."""
+        if not self._manual or not hasattr(self.model, "residual_gram"):
+            return None
+        out = self.model.residual_gram(self.x, self.y)
+        if out is None:
+            return None
+        q, G = out
+        return q, G, lambda v: self.model.residual_vjp(self.x, v)
+
     def functional_loss(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.loss_fn(functional_call(self.model, params, (self.x,)), self.y)
 

@@ -53,14 +53,13 @@ class IEQ(EnergyOptimizer):
     def __init__(self, params, lr: float = 0.2, time_scale: float = 1.0):
         super().__init__(params, dict(lr=check_lr(lr), time_scale=check_time_scale(time_scale)))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        require_closure(closure, "IEQ")
-        residuals = getattr(closure, "functional_residuals", None)
-        named = getattr(closure, "params", None)
-        if residuals is None or named is None:
-            raise TypeError("IEQ needs a closure with functional_residuals(params) and params "
-                            "(gradflow_exp.optim.BatchClosure)")
+    @staticmethod
+    def _solve(A: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        L, _ = torch.linalg.cholesky_ex(A)
+        return torch.cholesky_solve(q.unsqueeze(1), L).squeeze(1)   # q^{n+1} = A⁻¹ qⁿ
+
+    def _jacobian_step(self, residuals, named):
+        """The step with J formed by ``torch.func.jacrev`` (any model, any param groups)."""
         name_of = {id(p): n for n, p in named.items()}
         groups = []
         for group in self.param_groups:
@@ -86,8 +85,7 @@ class IEQ(EnergyOptimizer):
             c = group["lr"] * group["time_scale"] * 2.0 / N                      # Δt K (2/N)
             A.addmm_(Jg, Jg.T, alpha=c)                   # A = I + Δt K (2/N) J Jᵀ
             blocks.append((group, Jg, c))
-        L, _ = torch.linalg.cholesky_ex(A)
-        q_new = torch.cholesky_solve(q.unsqueeze(1), L).squeeze(1)   # q^{n+1} = A⁻¹ qⁿ
+        q_new = self._solve(A, q)
 
         along = torch.zeros((), dtype=F64, device=q.device)   # ⟨θⁿ − θ^{n+1}, ∇I⟩
         gnorm2 = torch.zeros((), dtype=F64, device=q.device)  # ‖∇I‖²
@@ -101,7 +99,37 @@ class IEQ(EnergyOptimizer):
                 k = p.numel()
                 p.sub_(delta[offset:offset + k].view_as(p))
                 offset += k
+        return q, q_new, along, gnorm2
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        require_closure(closure, "IEQ")
+        residuals = getattr(closure, "functional_residuals", None)
+        named = getattr(closure, "params", None)
+        if residuals is None or named is None:
+            raise TypeError("IEQ needs a closure with functional_residuals(params) and params "
+                            "(gradflow_exp.optim.BatchClosure)")
+        group0 = self.param_groups[0]
+        gram = getattr(closure, "residual_gram", None)
+        same_params = (len(self.param_groups) == 1
+                       and [id(p) for p in group0["params"]] == [id(p) for p in named.values()])
+        fast = gram() if (gram is not None and same_params) else None
+        if fast is not None:
+            # The model's closed-form JJᵀ and Jᵀv: the same step, without forming J.
+            q, G, vjp = fast
+            N = q.numel()
+            c = group0["lr"] * group0["time_scale"] * 2.0 / N                    # Δt K (2/N)
+            A = torch.eye(N, dtype=q.dtype, device=q.device).add_(G, alpha=c)   # I + Δt K (2/N) J Jᵀ
+            q_new = self._solve(A, q)
+            deltas = [c * t for t in vjp(q_new)]          # θⁿ − θ^{n+1} = Δt K (2/N) Jᵀ q^{n+1}
+            grads = [(2.0 / N) * t for t in vjp(q)]       # ∇I = (2/N) Jᵀ qⁿ
+            along, gnorm2 = dot(deltas, grads), dot(grads, grads)
+            for p, d in zip(group0["params"], deltas):
+                p.sub_(d.view_as(p))
+        else:
+            q, q_new, along, gnorm2 = self._jacobian_step(residuals, named)
+
+        N = q.numel()
         loss = q.pow(2).mean()
         qn2, qnew2 = dot([q], [q]), dot([q_new], [q_new])
         self._set_diagnostics(
