@@ -115,6 +115,16 @@ class _SAVCore(EnergyOptimizer):
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ Adam moments
+    def _buffers(self, params, key: str) -> list[torch.Tensor]:
+        """Per-parameter state tensors ``key``, created as zeros on first use."""
+        out = []
+        for p in params:
+            st = self.state[p]
+            if key not in st:
+                st[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            out.append(st[key])
+        return out
+
     def _moments(self, group, params, grads):
         """m̂ (list) and the denominator √v̂ + ε (list, or a 0-d tensor for 'scalar')."""
         b1, b2 = group["betas"]
@@ -124,21 +134,11 @@ class _SAVCore(EnergyOptimizer):
         gst["step"] = t
         bc1 = 1 - b1 ** t                                  # 1 − β₁ᵗ (0-d float64)
         bc2 = 1 - b2 ** t
-        ms = []
-        for p in params:
-            st = self.state[p]
-            if "exp_avg" not in st:
-                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            ms.append(st["exp_avg"])
+        ms = self._buffers(params, "exp_avg")
         torch._foreach_lerp_(ms, grads, 1 - b1)            # m ← β₁ m + (1−β₁) g
         m_hat = torch._foreach_div(ms, to_dtype(bc1, ms[0]))   # m̂ = m/(1−β₁ᵗ)
         if group["second_moment"] == "elementwise":
-            vs = []
-            for p in params:
-                st = self.state[p]
-                if "exp_avg_sq" not in st:
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                vs.append(st["exp_avg_sq"])
+            vs = self._buffers(params, "exp_avg_sq")
             torch._foreach_mul_(vs, b2)                    # v ← β₂ v + (1−β₂) g²
             torch._foreach_addcmul_(vs, grads, grads, 1 - b2)
             denom = torch._foreach_sqrt(vs)                # √v̂ + ε = √v/√(1−β₂ᵗ) + ε
