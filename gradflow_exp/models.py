@@ -67,7 +67,8 @@ class TwoLayerNet(nn.Module):
         return loss
 
     def residual_gram(self, x: torch.Tensor, y: torch.Tensor):
-        """Residual q = f − y and its Gram matrix G = J Jᵀ (J = ∂f/∂θ, N × n) in closed form.
+        """Residual q = f − y, its Gram matrix G = J Jᵀ (J = ∂f/∂θ, N × n) in closed form, and
+        v ↦ Jᵀv per parameter (``parameters()`` order), sharing one forward pass.
 
         With h = Wx̃ (x̃ = [x;1]), R = relu(h), M = [h > 0]: ∂f_i/∂a_k = s R_ik and
         ∂f_i/∂w_k = s a_k M_ik x̃_i, so G = s² (R Rᵀ + (X̃X̃ᵀ) ∘ (M diag(a²) Mᵀ)) — O(N²(m + D))
@@ -81,15 +82,13 @@ class TwoLayerNet(nn.Module):
         q = ((r @ a.t()) * self.scale).reshape(-1) - y.reshape(-1)
         ma = (h > 0).to(h.dtype) * a               # M diag(a)
         G = (r @ r.t() + (x @ x.t() + 1) * (ma @ ma.t())) * self.scale ** 2
-        return q, G
 
-    def residual_vjp(self, x: torch.Tensor, v: torch.Tensor) -> list[torch.Tensor]:
-        """Jᵀv for J = ∂f/∂θ on x, per parameter (in ``parameters()`` order)."""
-        W, b, a = self.hidden.weight, self.hidden.bias, self.out.weight
-        h = torch.addmm(b, x, W.t())
-        df = v.reshape(-1, 1) * self.scale
-        dh = torch.ops.aten.threshold_backward(df * a, h, 0.0)
-        return [dh.t() @ x, dh.sum(0), df.t() @ h.clamp_min(0)]
+        def vjp(v: torch.Tensor) -> list[torch.Tensor]:
+            df = v.reshape(-1, 1) * self.scale
+            dh = torch.ops.aten.threshold_backward(df * a, h, 0.0)
+            return [dh.t() @ x, dh.sum(0), df.t() @ r]
+
+        return q, G, vjp
 
     @property
     def supports_manual_grad(self) -> bool:

@@ -52,9 +52,13 @@ def test_closed_form_gram_matches_jacobian_and_ieq_takes_the_same_step():
     named = {k: v.detach() for k, v in net.named_parameters()}
     J = jacrev(lambda p: functional_call(net, p, (x,)).reshape(-1))(named)
     Jm = torch.cat([J[n].reshape(9, -1) for n in named], 1)
-    q, G = net.residual_gram(x, y)
+    q, G, vjp = net.residual_gram(x, y)
     assert torch.allclose(G, Jm @ Jm.T, rtol=1e-12, atol=1e-15)
     assert torch.allclose(q, (net(x) - y).reshape(-1), rtol=0, atol=0)
+    v = torch.randn(9, dtype=torch.float64)
+    sizes = [p.numel() for p in named.values()]
+    for got, want in zip(vjp(v), torch.split(Jm.T @ v, sizes)):
+        assert torch.allclose(got.reshape(-1), want, rtol=1e-12, atol=1e-15)
 
     class JacobianOnly:              # the same closure without residual_gram: jacrev path
         def __init__(self, inner):

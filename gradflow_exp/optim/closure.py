@@ -57,11 +57,7 @@ class BatchClosure:
         residual is f − y); None otherwise, and IEQ forms J with torch.func instead."""
         if not self._manual or not hasattr(self.model, "residual_gram"):
             return None
-        out = self.model.residual_gram(self.x, self.y)
-        if out is None:
-            return None
-        q, G = out
-        return q, G, lambda v: self.model.residual_vjp(self.x, v)
+        return self.model.residual_gram(self.x, self.y)
 
     def functional_loss(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.loss_fn(functional_call(self.model, params, (self.x,)), self.y)
