@@ -112,12 +112,7 @@ def validate_config(cfg: DictConfig) -> None:
     """Types and ranges that are the same for every method (raises ValueError, one line).
     Method-specific ranges (C > 0, η ∈ [0, 1], …) are the optimizers' own checks."""
     t = cfg.trainer
-    _check_int(t.epochs, "trainer.epochs", 0)
-    _check_int(t.log_every, "trainer.log_every", 1)
-    if t.batch_size is not None:
-        _check_int(t.batch_size, "trainer.batch_size", 0, "a positive integer or null (full batch)")
-    if t.get("checkpoint_every") is not None:
-        _check_int(t.checkpoint_every, "trainer.checkpoint_every", 1, "a positive integer or null (only at the end)")
+    check_trainer(t.epochs, t.log_every, t.batch_size, t.get("checkpoint_every"))
     lr = cfg.optimizer.get("lr")
     if not _is_number(lr) or not lr > 0:
         raise ValueError(f"optimizer.lr (Δt) must be a positive number, got {lr!r}")
@@ -133,6 +128,16 @@ def validate_config(cfg: DictConfig) -> None:
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def check_trainer(epochs, log_every, batch_size, checkpoint_every) -> None:
+    """The trainer's integers (raises ValueError, one line); also `loop.LoopConfig`'s check."""
+    _check_int(epochs, "trainer.epochs", 0)
+    _check_int(log_every, "trainer.log_every", 1)
+    if batch_size is not None:
+        _check_int(batch_size, "trainer.batch_size", 0, "a positive integer or null (full batch)")
+    if checkpoint_every is not None:
+        _check_int(checkpoint_every, "trainer.checkpoint_every", 1, "a positive integer or null (only at the end)")
 
 
 def _check_int(v, name: str, minimum: int, what: str | None = None) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gradflow_exp.cli import check_trainer
 from gradflow_exp.data import Dataset
 from gradflow_exp.losses import metric_sums, metrics_from_sums
 from gradflow_exp.optim import BatchClosure
@@ -43,17 +44,7 @@ class LoopConfig:
     checkpoint_every: int | None = None   # epochs between on_checkpoint calls (None: none)
 
     def __post_init__(self):
-        if not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ValueError(f"trainer.epochs must be a non-negative integer, got {self.epochs!r}")
-        if not isinstance(self.log_every, int) or self.log_every <= 0:
-            raise ValueError(f"trainer.log_every must be a positive integer, got {self.log_every!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 0):
-            raise ValueError(f"trainer.batch_size must be a positive integer or null (full batch), "
-                             f"got {self.batch_size!r}")
-        if self.checkpoint_every is not None and (not isinstance(self.checkpoint_every, int)
-                                                  or self.checkpoint_every <= 0):
-            raise ValueError(f"trainer.checkpoint_every must be a positive integer or null (only at the end), "
-                             f"got {self.checkpoint_every!r}")
+        check_trainer(self.epochs, self.log_every, self.batch_size, self.checkpoint_every)
 
 
 @torch.no_grad()
