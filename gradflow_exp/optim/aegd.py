@@ -22,7 +22,7 @@ import torch
 
 from gradflow_exp.optim.base import (
     F64, RESTARTS, EnergyOptimizer, check_C, check_choice, check_lr,
-    check_time_scale, grads_of, to_dtype,
+    check_time_scale, grads_of, s_sqrt, to_dtype,
 )
 
 
@@ -41,7 +41,7 @@ class AEGD(EnergyOptimizer):
     def step(self, closure=None):
         loss, I = self._loss_and_grad(closure)
         anchor = self._anchor()
-        sqrtE = (I + self.param_groups[0]["C"]).sqrt()    # √(I(θⁿ)+c)
+        sqrtE = s_sqrt(I + self.param_groups[0]["C"])     # √(I(θⁿ)+c)
         restart = self._take_restart()
         for group in self.param_groups:
             params, grads = grads_of(group)
@@ -62,7 +62,7 @@ class AEGD(EnergyOptimizer):
             torch._foreach_div_(rs, den)                     # r ← r/(1 + 2ηK v²)
             torch._foreach_mul_(v, rs)
             torch._foreach_add_(params, v, alpha=-2 * ek)    # θ ← θ − 2ηK r v
-        anchor["r_hat"] = sqrtE
+        self._put(anchor, "r_hat", sqrtE)
         return loss
 
     def diagnostics(self):

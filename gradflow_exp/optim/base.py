@@ -7,9 +7,17 @@ held in float64 whatever the parameters' dtype: `EnergyOptimizer.load_state_dict
 restores the saved dtype of every 0-d state tensor (``torch.optim.Optimizer`` would cast
 it to the parameter dtype), so a resumed run continues bit-identically.
 
-Diagnostics are 0-d tensors written during ``step`` (no ``.item()``, no host sync) and
-read by ``diagnostics()`` only at logging points. Every method has a fixed key set; before
-the first step all keys are NaN.
+Scalar arithmetic. A step's energy bookkeeping is a dozen scalar operations. As 0-d
+tensors each is a dispatched kernel, a few µs on CPU, which on the paper's small nets
+costs as much as the forward pass; as Python floats (IEEE float64, as the energies need)
+it is free, and reading a CPU tensor's value is no device sync. So on CPU the steps do
+their scalar arithmetic in Python floats (`EnergyOptimizer._scalar`, the ``s_*`` helpers
+below work on both), and on an accelerator in 0-d float64 tensors, so that a step never
+waits for the device. Both paths evaluate the same formulas in float64.
+
+Diagnostics are written during ``step`` (no host sync on accelerators) and read by
+``diagnostics()``, as 0-d float64 tensors, only at logging points. Every method has a
+fixed key set; before the first step all keys are NaN.
 """
 from __future__ import annotations
 
@@ -108,19 +116,83 @@ def grads_of(group) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return params, [p.grad for p in params]
 
 
-def dot(xs, ys) -> torch.Tensor:
-    """Σ_i ⟨x_i, y_i⟩ accumulated in float64 (0-d tensor, no host sync)."""
+def dot(xs, ys, host: bool = False) -> torch.Tensor | float:
+    """Σ_i ⟨x_i, y_i⟩ accumulated in float64: a 0-d tensor (no host sync), or with
+    ``host=True`` a Python float."""
     if not xs:
-        return torch.zeros((), dtype=F64)
+        return 0.0 if host else torch.zeros((), dtype=F64)
     if xs[0].dtype == F64:      # one fused dot per tensor, no temporaries
         parts = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
     else:
         parts = [(x * y).sum(dtype=F64) for x, y in zip(xs, ys)]
+    if host:
+        return math.fsum(p.item() for p in parts)
     return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
 
 
-def to_dtype(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return t.to(dtype=like.dtype, device=like.device)
+def sqnorm(xs, host: bool = False) -> torch.Tensor | float:
+    """Σ_i ‖x_i‖² = dot(xs, xs); in float64 on the host path with one foreach kernel."""
+    if host and xs and xs[0].dtype == F64:
+        return math.fsum(n.item() ** 2 for n in torch._foreach_norm(xs))
+    return dot(xs, xs, host)
+
+
+def to_dtype(t, like: torch.Tensor):
+    """A scalar in ``like``'s dtype and device for a foreach op (Python floats as they are)."""
+    return t if isinstance(t, float) else t.to(dtype=like.dtype, device=like.device)
+
+
+# ------------------------------------------------------- scalars: Python float or 0-d tensor
+def s_sqrt(x):
+    return math.sqrt(x) if isinstance(x, float) else x.sqrt()
+
+
+def s_exp(x):
+    """exp, overflowing to inf as a tensor's does."""
+    if isinstance(x, float):
+        try:
+            return math.exp(x)
+        except OverflowError:
+            return math.inf
+    return x.exp()
+
+
+def s_log(x):
+    """log, with log 0 = −inf for floats as for tensors."""
+    if isinstance(x, float):
+        return math.log(x) if x > 0 else -math.inf
+    return x.log()
+
+
+def s_expm1(x):
+    return math.expm1(x) if isinstance(x, float) else torch.expm1(x)
+
+
+def s_logaddexp(a, b):
+    """log(eᵃ + eᵇ) without overflow."""
+    if isinstance(a, float) and isinstance(b, float):
+        hi, lo = max(a, b), min(a, b)
+        return hi if lo == -math.inf else hi + math.log1p(math.exp(lo - hi))
+    return torch.logaddexp(torch.as_tensor(a, dtype=F64), torch.as_tensor(b, dtype=F64))
+
+
+def s_min(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+        return min(a, b)
+    return torch.minimum(torch.as_tensor(a, dtype=F64), torch.as_tensor(b, dtype=F64))
+
+
+def s_clamp(x, lo=None, hi=None):
+    if isinstance(x, float):
+        return min(max(x, lo if lo is not None else x), hi if hi is not None else x)
+    return x.clamp(lo, hi)
+
+
+def s_ratio_if(cond_num, num, den):
+    """num/den where ``cond_num`` (a bool or 0-d bool tensor) holds, else 0."""
+    if isinstance(cond_num, bool):
+        return num / den if cond_num else 0.0
+    return torch.where(cond_num, num / torch.where(cond_num, den, 1.0), torch.zeros_like(num))
 
 
 # ------------------------------------------------------------------------- base class
@@ -142,13 +214,53 @@ class EnergyOptimizer(Optimizer):
                 param_group[key] = check(param_group[key])
         super().add_param_group(param_group)
 
-    def _loss_and_grad(self, closure) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss_and_grad(self, closure) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Evaluate the closure (grads into ``p.grad``): the loss as returned, and I(θⁿ) as
-        a 0-d float64 tensor for the energy bookkeeping."""
+        a scalar (`_scalar`) for the energy bookkeeping."""
         require_closure(closure, type(self).__name__)
         with torch.enable_grad():
             loss = closure()
-        return loss, as_f64(loss)
+        return loss, self._scalar(loss)
+
+    # -- scalars (see the module docstring)
+    @property
+    def _host(self) -> bool:
+        """Scalar arithmetic in Python floats: the parameters live on the CPU."""
+        return self.param_groups[0]["params"][0].is_cpu
+
+    def _scalar(self, x) -> torch.Tensor | float:
+        """A loss, inner product or stored state value as this optimizer's scalar type:
+        a Python float on CPU, a 0-d float64 tensor on its device otherwise."""
+        if self._host:
+            return float(x)
+        if isinstance(x, torch.Tensor):
+            return x.detach().to(device=self.param_groups[0]["params"][0].device, dtype=F64).reshape(())
+        return torch.tensor(float(x), dtype=F64, device=self.param_groups[0]["params"][0].device)
+
+    def _dot(self, xs, ys):
+        return dot(xs, ys, host=self._host)
+
+    def _sqnorm(self, xs):
+        return sqnorm(xs, host=self._host)
+
+    def _get(self, state: dict, key: str, default):
+        """A stored scalar (0-d float64 tensor in the state) as this optimizer's scalar."""
+        v = state.get(key)
+        return default if v is None else self._scalar(v)
+
+    @staticmethod
+    def _put(state: dict, key: str, value) -> None:
+        """Store a scalar as a fresh 0-d float64 tensor, so that ``state_dict()`` carries it
+        and a state dict taken earlier is never changed in place."""
+        state[key] = torch.scalar_tensor(value, dtype=F64) if isinstance(value, float) else value
+
+    @staticmethod
+    def _axpy(params, xs, coef) -> None:
+        """params += coef · xs, coef a Python float or a 0-d tensor."""
+        if isinstance(coef, float):
+            torch._foreach_add_(params, xs, alpha=coef)
+        else:
+            torch._foreach_add_(params, torch._foreach_mul(xs, to_dtype(coef, xs[0])))
 
     # -- state helpers
     def _anchor(self) -> dict:
@@ -158,18 +270,23 @@ class EnergyOptimizer(Optimizer):
     def _group_state(self, group) -> dict:
         return self.state[group["params"][0]]
 
-    def _set_diagnostics(self, **values: torch.Tensor) -> None:
+    def _set_diagnostics(self, **values) -> None:
+        """Keep the last step's diagnostics (Python floats or 0-d tensors, as computed:
+        no conversion op here; `diagnostics()` converts at logging points)."""
         anchor = self._anchor()
         for k in self.diagnostic_keys:
-            v = values[k]       # steps compute these as 0-d float64 already: no conversion op
-            if v.dtype != F64 or v.dim() != 0 or v.requires_grad:
-                v = v.detach().to(F64).reshape(())
-            anchor["diag_" + k] = v
+            anchor["diag_" + k] = values[k]
 
-    def diagnostics(self) -> dict[str, float | torch.Tensor]:
-        """Last step's diagnostics (0-d tensors); NaN for every key before the first step."""
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """Last step's diagnostics as 0-d float64 tensors; NaN for every key before the
+        first step."""
         anchor = self._anchor()
-        return {k: anchor.get("diag_" + k, float("nan")) for k in self.diagnostic_keys}
+        out = {}
+        for k in self.diagnostic_keys:
+            v = anchor.get("diag_" + k, math.nan)
+            out[k] = (v.detach().to(F64).reshape(()) if isinstance(v, torch.Tensor)
+                      else torch.tensor(float(v), dtype=F64))
+        return out
 
     def epoch_start(self) -> None:
         """Called by the loop at each epoch start; with ``restart='epoch'`` the next step

@@ -55,8 +55,9 @@ from __future__ import annotations
 import torch
 
 from gradflow_exp.optim.base import (
-    RESTARTS, EnergyOptimizer, as_f64, check_C, check_choice, check_eta, check_lam,
-    check_lr, check_time_scale, dot, grads_of, to_dtype,
+    RESTARTS, EnergyOptimizer, check_C, check_choice, check_eta, check_lam, check_lr,
+    check_time_scale, grads_of, s_clamp, s_exp, s_expm1, s_log, s_logaddexp, s_min,
+    s_ratio_if,
 )
 from gradflow_exp.optim.sav import eval_no_grad
 
@@ -85,48 +86,44 @@ class ExpSAV(EnergyOptimizer):
         C = g0["C"]
         anchor = self._anchor()
         s_hat = I / C                                     # log r̂ⁿ = Iⁿ/C
-        s_prev = anchor.get("log_r", s_hat)               # log r⁰ = I(θ⁰)/C
+        s_prev = self._get(anchor, "log_r", s_hat)        # log r⁰ = I(θ⁰)/C
         s_n = s_hat if self._take_restart() else s_prev
 
-        a = torch.zeros_like(I)                    # a = Δt K ⟨g,(I+Δtℒ)⁻¹g⟩ / C
+        a = 0.0                                    # a = Δt K ⟨g,(I+Δtℒ)⁻¹g⟩ / C
         plans = []
         for group in self.param_groups:
             params, grads = grads_of(group)
             if not params:
                 continue
             K, dt, lam = group["time_scale"], group["lr"], group["lam"]
-            u = torch._foreach_mul(grads, 1.0 / (1 + lam * dt))     # u = (I+Δtℒ)⁻¹ g
-            a = a + dt * K * dot(grads, u) / C
-            plans.append((params, u, K * dt))
+            c = dt * K / (1 + lam * dt)            # θ moves along −c·(r^{n+1}/r̂ⁿ)·g
+            a = a + c * self._sqnorm(grads) / C
+            plans.append((params, grads, c))
 
         ell = s_n - s_hat                                 # ℓ = log ρⁿ = log(rⁿ/r̂ⁿ)
-        log_a = a.log()                                   # −inf when g = 0
+        log_a = s_log(a)                                  # −inf when g = 0
         # (E-r): s^{n+1} = sⁿ − log(1 + a ρⁿ)
-        s_tilde = s_n - torch.logaddexp(torch.zeros_like(ell), log_a + ell)
+        s_tilde = s_n - s_logaddexp(0.0, log_a + ell)
         # (E-θ): factor r^{n+1}/r̂ⁿ = exp(s^{n+1} − Iⁿ/C) = 1/(1/ρⁿ + a)
         # (clamped at e^700 only so that a zero gradient with a stale r ≫ r̂ gives 0·finite;
         # for g ≠ 0 the factor is ≤ 1/a anyway)
-        log_factor = -torch.logaddexp(-ell, log_a)
-        factor = log_factor.clamp(max=700.0).exp()
-        for params, u, kdt in plans:
-            torch._foreach_mul_(u, to_dtype(-kdt * factor, u[0]))
-            torch._foreach_add_(params, u)                # θ^{n+1} = θⁿ − ΔtK (r^{n+1}/r̂ⁿ) u
+        factor = s_exp(s_clamp(-s_logaddexp(-ell, log_a), hi=700.0))
+        for params, grads, c in plans:
+            self._axpy(params, grads, -c * factor)        # θ^{n+1} = θⁿ − ΔtK (r^{n+1}/r̂ⁿ) u
 
         diag = {}
         if self.relax:
-            s_hat_new = as_f64(eval_no_grad(closure)) / C             # log r̂^{n+1}
-            s_new = torch.minimum(s_hat_new, s_tilde + g0["eta"] * (s_n - s_tilde))
+            s_hat_new = self._scalar(eval_no_grad(closure)) / C        # log r̂^{n+1}
+            s_new = s_min(s_hat_new, s_tilde + g0["eta"] * (s_n - s_tilde))
             pos = s_hat_new > s_tilde
-            denom = torch.where(pos, torch.expm1(s_tilde - s_hat_new), -1.0)
-            xi = torch.where(pos, torch.expm1(s_new - s_hat_new) / denom,
-                             torch.zeros_like(s_tilde)).clamp(0.0, 1.0)
-            diag["xi"] = xi
+            diag["xi"] = s_clamp(s_ratio_if(pos, s_expm1(s_new - s_hat_new),
+                                            s_expm1(s_tilde - s_hat_new)), 0.0, 1.0)
         else:
             s_new = s_tilde
-        anchor["log_r"] = s_new
+        self._put(anchor, "log_r", s_new)
 
         K0, dt0, lam0 = g0["time_scale"], g0["lr"], g0["lam"]
-        self._set_diagnostics(energy=C * s_new, q=(s_prev - s_hat).exp(),
+        self._set_diagnostics(energy=C * s_new, q=s_exp(s_prev - s_hat),
                               eff_step=factor * (K0 * dt0 / (1 + lam0 * dt0)), **diag)
         return loss
 

@@ -40,7 +40,7 @@ from torch.func import jacrev
 
 from gradflow_exp.optim.base import (
     F64, EnergyOptimizer, check_eps, check_lr, check_time_scale, dot, grads_of,
-    require_closure, to_dtype,
+    require_closure,
 )
 
 
@@ -154,18 +154,18 @@ class IEQAdaptive(EnergyOptimizer):
     def step(self, closure=None):
         loss, I = self._loss_and_grad(closure)
         eps = self.param_groups[0]["eps"]
-        total = torch.zeros_like(I)                # Σ_groups Δt K ‖∇I‖²
+        total = 0.0                                # Σ_groups Δt K ‖∇I‖²
         plans = []
         for group in self.param_groups:
             params, grads = grads_of(group)
             if not params:
                 continue
             kdt = group["lr"] * group["time_scale"]
-            total = total + kdt * dot(grads, grads)
+            total = total + kdt * self._sqnorm(grads)
             plans.append((params, grads, kdt))
         alpha = 1.0 / (1.0 + total / (2.0 * I + eps))    # α = 1/(1 + ΔtK‖∇I‖²/(2I+ε))
         for params, grads, kdt in plans:
-            torch._foreach_add_(params, torch._foreach_mul(grads, to_dtype(-kdt * alpha, grads[0])))
+            self._axpy(params, grads, -kdt * alpha)
         g0 = self.param_groups[0]
         self._set_diagnostics(energy=alpha * alpha * I, q=alpha,
                               eff_step=alpha * (g0["lr"] * g0["time_scale"]))

@@ -73,8 +73,8 @@ from __future__ import annotations
 import torch
 
 from gradflow_exp.optim.base import (
-    F64, RESTARTS, EnergyOptimizer, as_f64, check_betas, check_C, check_choice, check_eps,
-    check_eta, check_lam, check_lr, check_time_scale, dot, grads_of,
+    RESTARTS, EnergyOptimizer, check_betas, check_C, check_choice, check_eps, check_eta,
+    check_lam, check_lr, check_time_scale, grads_of, s_clamp, s_min, s_ratio_if, s_sqrt,
     to_dtype,
 )
 
@@ -126,13 +126,13 @@ class _SAVCore(EnergyOptimizer):
         return out
 
     def _moments(self, group, params, grads):
-        """m̂ (list) and the denominator √v̂ + ε (list, or a 0-d tensor for 'scalar')."""
+        """m̂ (list) and the denominator √v̂ + ε (list, or a scalar for 'scalar')."""
         b1, b2 = group["betas"]
         eps = group["eps"]
         gst = self._group_state(group)
-        t = gst.get("step", torch.zeros((), dtype=F64, device=params[0].device)) + 1
-        gst["step"] = t
-        bc1 = 1 - b1 ** t                                  # 1 − β₁ᵗ (0-d float64)
+        t = self._get(gst, "step", 0.0) + 1
+        self._put(gst, "step", t)
+        bc1 = 1 - b1 ** t                                  # 1 − β₁ᵗ
         bc2 = 1 - b2 ** t
         ms = self._buffers(params, "exp_avg")
         torch._foreach_lerp_(ms, grads, 1 - b1)            # m ← β₁ m + (1−β₁) g
@@ -142,14 +142,14 @@ class _SAVCore(EnergyOptimizer):
             torch._foreach_mul_(vs, b2)                    # v ← β₂ v + (1−β₂) g²
             torch._foreach_addcmul_(vs, grads, grads, 1 - b2)
             denom = torch._foreach_sqrt(vs)                # √v̂ + ε = √v/√(1−β₂ᵗ) + ε
-            torch._foreach_div_(denom, to_dtype(bc2.sqrt(), vs[0]))
+            torch._foreach_div_(denom, to_dtype(s_sqrt(bc2), vs[0]))
             torch._foreach_add_(denom, eps)
         else:
             n = sum(g.numel() for g in grads)
-            v = gst.get("exp_avg_sq_scalar", torch.zeros((), dtype=F64, device=params[0].device))
-            v = b2 * v + (1 - b2) * dot(grads, grads) / n  # v ← β₂ v + (1−β₂) ‖g‖²/n
-            gst["exp_avg_sq_scalar"] = v
-            denom = to_dtype((v / bc2).sqrt() + eps, grads[0])
+            v = self._get(gst, "exp_avg_sq_scalar", 0.0)
+            v = b2 * v + (1 - b2) * self._sqnorm(grads) / n   # v ← β₂ v + (1−β₂) ‖g‖²/n
+            self._put(gst, "exp_avg_sq_scalar", v)
+            denom = s_sqrt(v / bc2) + eps
         return m_hat, denom
 
     # ------------------------------------------------------------------------- step
@@ -160,40 +160,42 @@ class _SAVCore(EnergyOptimizer):
         C = g0["C"]
         anchor = self._anchor()
         E = I + C                                          # E = I(θⁿ) + C
-        sqrtE = E.sqrt()                                   # r̂ⁿ = √(I(θⁿ)+C)
-        r_prev = anchor.get("r", sqrtE)                    # r⁰ = √(I(θ⁰)+C)
+        sqrtE = s_sqrt(E)                                  # r̂ⁿ = √(I(θⁿ)+C)
+        r_prev = self._get(anchor, "r", sqrtE)             # r⁰ = √(I(θ⁰)+C)
         restart = self._take_restart()
         r_n = sqrtE if (self.reset or restart) else r_prev  # ResSAV / restart: rⁿ ← r̂ⁿ
 
-        total = torch.zeros_like(I)    # Σ_groups K ⟨ĝ, d⟩
-        budget = torch.zeros_like(I)   # Σ_groups K Σ_i d_i² / τ_i  (RelSAV's D / φ²)
-        plans = []
+        total = 0.0    # Σ_groups K ⟨ĝ, d⟩
+        budget = 0.0   # Σ_groups K Σ_i d_i² / τ_i  (RelSAV's D / φ²)
+        plans = []     # (params, direction, coefficient): θ^{n+1} = θⁿ − coefficient·φ·direction
         for group in self.param_groups:
             params, grads = grads_of(group)
             if not params:
                 continue
             K, dt, lam = group["time_scale"], group["lr"], group["lam"]
-            if self.adaptive:
-                g_hat, denom = self._moments(group, params, grads)
-            else:
-                g_hat, denom = grads, None
+            if not self.adaptive:
+                # d = Δt g/(1 + λΔt) = c g: ⟨g, d⟩ = c‖g‖², and d is never formed
+                c = dt / (1 + lam * dt)
+                gg = self._sqnorm(grads)
+                total = total + K * c * gg                 # K ⟨g, (I+Δtℒ)⁻¹ Δt g⟩ ≥ 0
+                if self.relax:
+                    budget = budget + K * c * c * gg / dt  # Σ_i (Δθ_i)²/(KΔt) = φ² K c² ‖g‖²/Δt
+                plans.append((params, grads, K * c))
+                continue
+            g_hat, denom = self._moments(group, params, grads)
             # d = τ (I + τℒ)⁻¹ ĝ with τ = Δt/denom:  d = Δt ĝ / (denom + λΔt)
-            if denom is None:
-                d = torch._foreach_mul(g_hat, dt / (1 + lam * dt))
-            elif isinstance(denom, torch.Tensor):
-                d = torch._foreach_mul(g_hat, dt / (denom + lam * dt))
-            else:
+            if isinstance(denom, (list, tuple)):
                 d = torch._foreach_div(g_hat, torch._foreach_add(denom, lam * dt))
                 torch._foreach_mul_(d, dt)
-            total = total + K * dot(g_hat, d)              # K ⟨ĝ, (I+τℒ)⁻¹ τ ĝ⟩ ≥ 0
+            else:
+                d = torch._foreach_mul(g_hat, to_dtype(dt / (denom + lam * dt), g_hat[0]))
+            total = total + K * self._dot(g_hat, d)        # K ⟨ĝ, (I+τℒ)⁻¹ τ ĝ⟩ ≥ 0
             if self.relax:
                 # Σ_i (Δθ_i)²/(K τ_i) = φ² K Σ_i d_i² denom_i / Δt
-                if denom is None:
-                    w = dot(d, d)
-                elif isinstance(denom, torch.Tensor):
-                    w = dot(d, d) * denom.to(F64)
+                if isinstance(denom, (list, tuple)):
+                    w = self._dot(d, torch._foreach_mul(d, denom))
                 else:
-                    w = dot(d, torch._foreach_mul(d, denom))
+                    w = self._dot(d, d) * denom
                 budget = budget + K * w / dt
             plans.append((params, d, K))
 
@@ -201,25 +203,21 @@ class _SAVCore(EnergyOptimizer):
         r_tilde = r_n / (1 + total / (2 * E))
         phi = r_tilde / sqrtE                              # r̃^{n+1}/√E
         # (SAV-θ): θ^{n+1} = θⁿ − K (r̃^{n+1}/√E) d
-        for params, d, K in plans:
-            torch._foreach_mul_(d, to_dtype(-K * phi, d[0]))
-            torch._foreach_add_(params, d)
+        for params, direction, coef in plans:
+            self._axpy(params, direction, -coef * phi)
 
         diag = {}
         if self.relax:
-            r_hat_new = (as_f64(eval_no_grad(closure)) + C).sqrt()   # r̂^{n+1}
+            r_hat_new = s_sqrt(self._scalar(eval_no_grad(closure)) + C)   # r̂^{n+1}
             D = phi * phi * budget                          # Σ_i Δθ_i²/(K τ_i)
-            bound = (r_tilde * r_tilde + g0["eta"] * D).sqrt()       # √(r̃² + ηD)
+            bound = s_sqrt(r_tilde * r_tilde + g0["eta"] * D)          # √(r̃² + ηD)
             # smallest ξ ∈ [0,1] with (ξr̃ + (1−ξ)r̂)² − r̃² ≤ ηD  ⇔  r = min(r̂, √(r̃²+ηD))
-            r_new = torch.minimum(r_hat_new, bound)
+            r_new = s_min(r_hat_new, bound)
             gap = r_hat_new - r_tilde
-            pos = gap > 0
-            xi = torch.where(pos, (r_hat_new - r_new) / torch.where(pos, gap, 1.0),
-                             torch.zeros_like(gap)).clamp(0.0, 1.0)
-            diag["xi"] = xi
+            diag["xi"] = s_clamp(s_ratio_if(gap > 0, r_hat_new - r_new, gap), 0.0, 1.0)
         else:
             r_new = r_tilde
-        anchor["r"] = r_new
+        self._put(anchor, "r", r_new)
 
         K0, dt0, lam0 = g0["time_scale"], g0["lr"], g0["lam"]
         scale0 = K0 * dt0 if self.adaptive else K0 * dt0 / (1 + lam0 * dt0)
