@@ -2,11 +2,18 @@
 
 One process, one run: for each problem (fig1, fig2, fig7, mnist at their batch sizes) every
 method's optimizer steps are timed *interleaved* with SGD's (round-robin over methods,
-``--repeats`` rounds, warm-up excluded, medians), so the ratios to SGD are measured
-under the same machine load. The machine's own dense matmul rate is measured in the same
-run; a problem's achieved GFLOP/s (forward + backward of the model, SGD's step) is
-reported against it. Memory: the optimizer's state bytes and the process's peak RSS
-(CUDA: peak allocated). Prints a table and writes JSON (``--json``).
+``--repeats`` rounds, warm-up excluded), and a method's ratio to SGD is the median over
+rounds of its time over SGD's time in the same round, so load that changes between rounds
+cancels. On CPU with one thread the clock is the process's CPU time, which other
+processes on a shared machine do not inflate; otherwise wall time. The machine's own dense
+matmul rate is measured in the same run; a problem's achieved GFLOP/s (forward + backward
+of the model, SGD's step) is reported against it. Memory: the optimizer's state bytes and
+the process's peak RSS (CUDA: peak allocated). Prints a table and writes JSON (``--json``).
+
+Runner overhead (two-layer problems): an epoch of the runner's own training loop
+(`gradflow_exp.loop.train`, SGD, metrics.csv written, the problem's ``log_every``) against
+an epoch of a plain script (hand-written gradient, in-place update, nothing else), also
+interleaved; the issue's bar is that the runner is not slower.
 
 Targets (issue 5) are ratios to SGD: SAV-type, ExpSAV, IEQ-adaptive, AEGD ≤ 1.10×,
 RelSAV ≤ 1.40×, IEQ full Jacobian ≤ 2.5× (fig2, batch 64), SPM(J=10) ≤ 4× its base.
@@ -56,17 +63,26 @@ TARGETS = {"sav": 1.10, "ressav": 1.10, "asav": 1.10, "aressav": 1.10, "expsav":
 SPM_TARGET = 4.0           # SPM(J=10) against its base method
 
 
+def clock_for(device):
+    """CPU time when one CPU thread does all the work (robust to other processes); wall
+    time otherwise (several threads, or an accelerator)."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.process_time, "CPU time"
+    return time.perf_counter, "wall time"
+
+
 def matmul_gflops(dtype, device, n=1024, repeats=5) -> float:
+    clock, _ = clock_for(device)
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     times = []
     for _ in range(repeats):
         _sync(device)
-        t = time.perf_counter()
+        t = clock()
         a @ b
         _sync(device)
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
@@ -133,23 +149,83 @@ def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
             opt.step(BatchClosure(model, loss_fn, data.x_train[idx], data.y_train[idx]))
         _sync(device)
 
+    clock, _ = clock_for(device)
     times = {m: [] for m in methods}
     for m in methods:                        # warm-up (allocations, first-call overheads)
         run_steps(*runs[m], 2)
     for _ in range(repeats):
         for m in methods:                    # interleaved: each round sees the same load
-            t = time.perf_counter()
+            t = clock()
             run_steps(*runs[m], steps)
-            times[m].append((time.perf_counter() - t) / steps)
+            times[m].append((clock() - t) / steps)
     sgd = statistics.median(times["sgd"])
     flops = model_flops(runs["sgd"][0], bs)
     out = {"batch": bs, "steps_per_epoch": n_batches, "flops_per_step": flops,
            "gflops_sgd": flops / sgd / 1e9, "methods": {}}
     for m in methods:
         med = statistics.median(times[m])
-        out["methods"][m] = {"step_s": med, "epoch_s": med * n_batches, "ratio_sgd": med / sgd,
+        ratio = statistics.median(t / s for t, s in zip(times[m], times["sgd"]))
+        out["methods"][m] = {"step_s": med, "epoch_s": med * n_batches, "ratio_sgd": ratio,
                              "state_bytes": state_bytes(runs[m][1])}
     return out
+
+
+def plain_sgd_epoch(x, y, params, scale, lr, bs, gen):
+    """The reference: an SGD epoch of the two-layer net as a plain script writes it."""
+    W, b, a = params
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=gen, device=x.device) if bs < n else None
+    for i in range(0, n, bs):
+        xb, yb = (x[perm[i:i + bs]], y[perm[i:i + bs]]) if perm is not None else (x, y)
+        h = torch.addmm(b, xb, W.t())
+        r = h.clamp_min(0)
+        e = (r @ a.t()) * scale - yb.reshape(-1, 1)
+        df = e * (2 * scale / e.numel())
+        dh = (df * a) * (h > 0)
+        a.sub_(df.t() @ r, alpha=lr)
+        W.sub_(dh.t() @ xb, alpha=lr)
+        b.sub_(dh.sum(0), alpha=lr)
+
+
+def bench_runner(p: Problem, dtype, device, log_every: int, epochs: int, repeats: int) -> dict:
+    """Runner epoch (loop.train with a CSV sink, SGD) vs the plain script's, interleaved."""
+    import tempfile
+
+    from gradflow_exp.loop import LoopConfig, train
+    from gradflow_exp.sinks import CSVSink
+
+    data, make_model = build_problem(p, dtype, device)
+    loss_fn = build_loss("mse")
+    lr = 1e-4
+    plain_params = [t.detach().clone() for t in
+                    (lambda m: (m.hidden.weight, m.hidden.bias, m.out.weight))(make_model())]
+    scale = make_model().scale
+    gen = torch.Generator(device=device).manual_seed(0)
+    cfg = LoopConfig(epochs=epochs, batch_size=p.batch, log_every=log_every, progress=False)
+    clock, _ = clock_for(device)
+    runner_t, plain_t = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(repeats + 1):       # round 0 is warm-up
+            model = make_model()
+            opt = torch.optim.SGD(model.parameters(), lr=lr)
+            sink = CSVSink(f"{tmp}/metrics_{rep}.csv")
+            t = clock()
+            train(model, opt, loss_fn, data, cfg, [sink], seed=0)
+            _sync(device)
+            rt = (clock() - t) / epochs
+            sink.close()
+            t = clock()
+            for _ in range(epochs):
+                plain_sgd_epoch(data.x_train, data.y_train, plain_params, scale, lr,
+                                p.batch or data.x_train.shape[0], gen)
+            _sync(device)
+            pt = (clock() - t) / epochs
+            if rep:
+                runner_t.append(rt)
+                plain_t.append(pt)
+    return {"epochs": epochs, "log_every": log_every, "runner_epoch_s": statistics.median(runner_t),
+            "plain_epoch_s": statistics.median(plain_t),
+            "ratio": statistics.median(r / q for r, q in zip(runner_t, plain_t))}
 
 
 def check_targets(res: dict) -> list[str]:
@@ -185,6 +261,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    ap.add_argument("--runner-epochs", type=int, default=20,
+                    help="epochs per timed runner / plain-script block (0: skip that comparison)")
     ap.add_argument("--json", default="bench.json")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -210,7 +288,8 @@ def main(argv=None) -> int:
                              "float64": matmul_gflops(torch.float64, device)},
            "problems": {}}
     peak = res["matmul_gflops"][args.dtype]
-    print(f"device {res['device_name']}, {res['threads']} threads, {args.dtype}; "
+    print(f"device {res['device_name']}, {res['threads']} threads, {args.dtype}, timed by "
+          f"{clock_for(device)[1]}; "
           f"dense matmul {res['matmul_gflops']['float32']:.1f} GFLOP/s (float32), "
           f"{res['matmul_gflops']['float64']:.1f} (float64)")
     for prob in probs:
@@ -224,6 +303,19 @@ def main(argv=None) -> int:
         for m, v in r["methods"].items():
             print(f"  {m:14s} {1e3 * v['step_s']:9.3f} {v['epoch_s']:9.3f} {v['ratio_sgd']:7.2f} "
                   f"{v['state_bytes'] / 1024:10.1f}")
+    if args.runner_epochs > 0:
+        res["runner"] = {}
+        print(f"\nrunner vs plain script (SGD epoch, {args.runner_epochs} epochs per block, "
+              f"{clock_for(device)[1]}):")
+        for prob in probs:
+            if PROBLEMS[prob].model != "two_layer":
+                continue
+            log_every = OmegaConf.load(CONF_DIR / "experiment" / f"{prob}.yaml").trainer.log_every
+            r = bench_runner(PROBLEMS[prob], dtype, device, min(log_every, args.runner_epochs),
+                             args.runner_epochs, max(1, args.repeats // 2))
+            res["runner"][prob] = r
+            print(f"  {prob:6s} runner {r['runner_epoch_s']:.4f} s/epoch (log_every {r['log_every']}), "
+                  f"plain {r['plain_epoch_s']:.4f} s/epoch: {r['ratio']:.2f}×")
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         res["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20

@@ -6,12 +6,14 @@ from gradflow_exp.bench import main
 def test_bench_writes_ratios_and_targets(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["--problems", "fig7", "--methods", "sgd,sav,spm_sav", "--repeats", "1", "--steps", "2",
-                 "--threads", "1", "--json", str(out)]) == 0
+                 "--threads", "1", "--runner-epochs", "2", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     m = res["problems"]["fig7"]["methods"]
     assert m["sgd"]["ratio_sgd"] == 1.0 and m["sav"]["ratio_sgd"] > 0
     assert res["matmul_gflops"]["float64"] > 0 and res["problems"]["fig7"]["steps_per_epoch"] == 125
     assert any("spm_sav vs sav" in line for line in res["targets"])
+    runner = res["runner"]["fig7"]          # the runner's epoch against the plain script's
+    assert runner["runner_epoch_s"] > 0 and runner["plain_epoch_s"] > 0 and runner["ratio"] > 0
     assert "targets (ratios measured in this run)" in capsys.readouterr().out
 
 
