@@ -21,6 +21,13 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 INSPECT_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
 OBJECTIVES = ("final", "best")
 LOGGERS = ("wandb", "none")
+# scheduler.name → its keys (conf/scheduler/<name>.yaml; built by gradflow_exp.schedulers)
+SCHEDULERS = {"none": (), "cosine": ("T_max", "eta_min"), "step": ("step_size", "gamma"),
+              "plateau": ("factor", "patience", "threshold", "min_lr"),
+              "warmup": ("warmup_epochs", "start_factor", "then", "eta_min")}
+WARMUP_THEN = ("cosine", "constant")
+WEIGHT_SCHEDULES = ("constant", "linear", "sigmoid")
+PENALTIES = ("l2",)
 
 
 def _groups() -> set[str]:
@@ -124,6 +131,84 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(f"logger.backend={cfg.logger.get('backend')!r}; valid: {', '.join(LOGGERS)}")
     if cfg.get("hparams_objective", "final") not in OBJECTIVES:
         raise ValueError(f"hparams_objective={cfg.hparams_objective!r}; valid: {', '.join(OBJECTIVES)}")
+    check_scheduler(cfg.get("scheduler"))
+    check_diagnostics(cfg.get("diagnostics"))
+    check_penalty(cfg.loss.get("penalty"))
+
+
+def check_scheduler(s) -> None:
+    """The ``scheduler`` node (conf/scheduler/*.yaml); None or name none: constant lr."""
+    if s is None:
+        return
+    name = s.get("name")
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler.name={name!r}; valid: {', '.join(SCHEDULERS)}")
+    if name == "cosine":
+        _check_int(s.get("T_max"), "scheduler.T_max", 1)
+    if name in ("cosine", "warmup"):
+        _check_number(s.get("eta_min"), "scheduler.eta_min", 0.0)
+    if name == "step":
+        _check_int(s.get("step_size"), "scheduler.step_size", 1)
+        _check_fraction(s.get("gamma"), "scheduler.gamma")
+    if name == "plateau":
+        _check_fraction(s.get("factor"), "scheduler.factor", upper_open=True)
+        _check_int(s.get("patience"), "scheduler.patience", 0)
+        _check_number(s.get("threshold"), "scheduler.threshold", 0.0)
+        _check_number(s.get("min_lr"), "scheduler.min_lr", 0.0)
+    if name == "warmup":
+        _check_int(s.get("warmup_epochs"), "scheduler.warmup_epochs", 1)
+        _check_fraction(s.get("start_factor"), "scheduler.start_factor")
+        if s.get("then") not in WARMUP_THEN:
+            raise ValueError(f"scheduler.then={s.get('then')!r}; valid: {', '.join(WARMUP_THEN)}")
+
+
+def check_diagnostics(d) -> None:
+    """The ``diagnostics`` node of train.yaml: everything off by default."""
+    if d is None:
+        return
+    h = d.get("hessian")
+    if h is not None:
+        if h.get("every") is not None:
+            _check_int(h.get("every"), "diagnostics.hessian.every", 1, "a positive integer or null (off)")
+        _check_int(h.get("k"), "diagnostics.hessian.k", 1)
+        if h.get("samples") is not None:
+            _check_int(h.get("samples"), "diagnostics.hessian.samples", 1, "a positive integer or null (all)")
+        _check_number(h.get("tol"), "diagnostics.hessian.tol", 0.0)
+        _check_number(h.get("grad_tol"), "diagnostics.hessian.grad_tol", 0.0)
+        _check_int(h.get("maxiter"), "diagnostics.hessian.maxiter", 1)
+    g = d.get("grad_noise")
+    if g is not None and g.get("every") is not None:
+        _check_int(g.get("every"), "diagnostics.grad_noise.every", 1, "a positive integer or null (off)")
+
+
+def check_penalty(p) -> None:
+    """``loss.penalty`` (conf/loss/mse_l2.yaml): a weighted R(θ) added to the data loss."""
+    if p is None:
+        return
+    if p.get("name") not in PENALTIES:
+        raise ValueError(f"loss.penalty.name={p.get('name')!r}; valid: {', '.join(PENALTIES)}")
+    _check_number(p.get("weight"), "loss.penalty.weight", 0.0)
+    _check_number(p.get("start_weight"), "loss.penalty.start_weight", 0.0)
+    schedule = p.get("schedule")
+    if schedule not in WEIGHT_SCHEDULES:
+        raise ValueError(f"loss.penalty.schedule={schedule!r}; valid: {', '.join(WEIGHT_SCHEDULES)}")
+    if schedule == "linear":
+        _check_int(p.get("ramp_epochs"), "loss.penalty.ramp_epochs", 1)
+    if schedule == "sigmoid":
+        _check_int(p.get("epochs"), "loss.penalty.epochs", 1)
+        _check_number(p.get("midpoint"), "loss.penalty.midpoint", 0.0)
+        _check_number(p.get("steepness"), "loss.penalty.steepness", 0.0, strict=True)
+
+
+def _check_number(v, name: str, minimum: float, strict: bool = False) -> None:
+    if not _is_number(v) or not math.isfinite(v) or v < minimum or (strict and v == minimum):
+        bound = f"> {minimum:g}" if strict else f"≥ {minimum:g}"
+        raise ValueError(f"{name} must be a number {bound}, got {v!r}")
+
+
+def _check_fraction(v, name: str, upper_open: bool = False) -> None:
+    if not _is_number(v) or not 0 < v <= 1 or (upper_open and v == 1):
+        raise ValueError(f"{name} must lie in (0, 1{')' if upper_open else ']'}, got {v!r}")
 
 
 def _is_number(v) -> bool:

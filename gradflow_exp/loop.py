@@ -2,8 +2,14 @@
 
 It never branches on a method's name: optimizers are driven through the closure
 contract (`gradflow_exp.optim.closure`) and two optional hooks, ``epoch_start()`` and
-``diagnostics()``. Data stay on the device and are batched by index; the only host
-syncs are one finiteness check per epoch and the logging points.
+``diagnostics()``; a composite loss through ``epoch_start(epoch)`` (its weight schedule)
+and ``diagnostics(params)``. Data stay on the device and are batched by index; the only
+host syncs are one finiteness check per epoch and the logging points.
+
+Optional, off by default (each costs one ``if`` per epoch when off): a learning-rate
+schedule stepped once per epoch after the epoch's row (`gradflow_exp.schedulers`), and
+diagnostics (Hessian spectrum, gradient noise; `gradflow_exp.diagnostics`) computed at
+their epochs, which always get a row; their time is left out of ``wall_time``.
 
 Checkpoints are taken at epoch boundaries and hold everything the rest of the run depends
 on (parameters, optimizer state, every RNG, counters, the rows so far), so a run resumed
@@ -21,10 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gradflow_exp.cli import check_trainer
+from gradflow_exp.cli import check_diagnostics, check_scheduler, check_trainer
 from gradflow_exp.data import Dataset
+from gradflow_exp.diagnostics import build_diagnostics
 from gradflow_exp.losses import metric_sums, metrics_from_sums
 from gradflow_exp.optim import BatchClosure
+from gradflow_exp.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +50,13 @@ class LoopConfig:
     eval_chunk: int = 8192            # rows per forward pass when evaluating full sets
     collapse_q: float = 0.01          # summary flags q = r/r̂ below this as a collapsed auxiliary variable
     checkpoint_every: int | None = None   # epochs between on_checkpoint calls (None: none)
+    scheduler: dict | None = None     # the `scheduler` node (None: constant lr)
+    diagnostics: dict | None = None   # the `diagnostics` node (None: none)
 
     def __post_init__(self):
         check_trainer(self.epochs, self.log_every, self.batch_size, self.checkpoint_every)
+        check_scheduler(self.scheduler)
+        check_diagnostics(self.diagnostics)
 
 
 @torch.no_grad()
@@ -73,9 +85,14 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
     n_batches = math.ceil(n / bs)
     device = data.x_train.device
     gen = torch.Generator(device=device).manual_seed(seed)   # data order, separate from init
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs)   # sets epoch 1's lr
+    diag = build_diagnostics(cfg.diagnostics, bs, cfg.epochs, seed)
+    loss_epoch_start = getattr(loss_fn, "epoch_start", None)
+    loss_diagnostics = getattr(loss_fn, "diagnostics", None)
 
     t0 = time.perf_counter()
     wall0 = 0.0                       # wall time of earlier segments of a resumed run
+    diag_time = 0.0                   # seconds spent in diagnostics (not in wall_time)
     steps = 0
     status, error = "completed", None
     rows: list[dict] = []
@@ -83,9 +100,10 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
     loss_sum = torch.zeros((), dtype=data.x_train.dtype, device=device)
 
     def wall() -> float:
-        return wall0 + time.perf_counter() - t0
+        return wall0 + time.perf_counter() - t0 - diag_time
 
     def log_row(epoch: int, train_loss: float) -> dict:
+        nonlocal diag_time
         train = evaluate(model, data.x_train, data.y_train, cfg.eval_chunk)
         test = evaluate(model, data.x_test, data.y_test, cfg.eval_chunk)
         row = {"epoch": epoch, "step": steps, "train_loss": train_loss}
@@ -96,6 +114,13 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
         diagnostics = getattr(optimizer, "diagnostics", None)
         if diagnostics is not None:
             row.update({k: float(v) for k, v in diagnostics().items()})
+        if loss_diagnostics is not None:
+            row.update(loss_diagnostics({n: p for n, p in model.named_parameters() if p.requires_grad}))
+        if diag is not None:
+            t = time.perf_counter()
+            row.update(diag.row(epoch, model, optimizer, loss_fn, data.x_train, data.y_train))
+            diag_time += time.perf_counter() - t
+            row["wall_time"] = wall()
         rows.append(row)
         for sink in sinks:
             sink.log(row)
@@ -108,15 +133,18 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
                 "optimizer": optimizer.state_dict(), "data_rng": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
                 "python_rng": random.getstate(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
     if resume is None:
         with torch.no_grad():
-            initial_loss = float(loss_fn(model(data.x_train), data.y_train))
+            initial_loss = float(BatchClosure(model, loss_fn, data.x_train, data.y_train)(backward=False))
         log_row(0, initial_loss)
     else:
         model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        optimizer.load_state_dict(resume["optimizer"])     # the scheduled lr too
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler"])
         gen.set_state(resume["data_rng"])
         torch.set_rng_state(resume["torch_rng"])
         np.random.set_state(resume["numpy_rng"])
@@ -134,6 +162,8 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
             epoch_start = getattr(optimizer, "epoch_start", None)
             if epoch_start is not None:
                 epoch_start()
+            if loss_epoch_start is not None:
+                loss_epoch_start(epoch)
             perm = torch.randperm(n, generator=gen, device=device) if (cfg.shuffle and bs < n) else None
             loss_sum.zero_()
             for b in range(n_batches):
@@ -147,7 +177,8 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
                 steps += 1
             last_epoch = epoch
             finite = bool(torch.isfinite(loss_sum))     # one sync per epoch
-            if not finite or epoch % cfg.log_every == 0 or epoch == cfg.epochs:
+            if (not finite or epoch % cfg.log_every == 0 or epoch == cfg.epochs
+                    or (diag is not None and diag.due(epoch))):
                 row = log_row(epoch, float(loss_sum) / n_batches)
                 if not finite or not _finite_row(row):
                     status = "diverged"
@@ -155,6 +186,8 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
                     break
                 bar.set_postfix(train=f"{row['train_rel_error']:.3g}", test=f"{row['test_rel_error']:.3g}",
                                 refresh=False)
+            if scheduler is not None:
+                scheduler.step(loss_sum / n_batches)
             if epoch == cfg.epochs:
                 break                 # on_finish writes the final checkpoint
             if on_checkpoint is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:

@@ -35,9 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradflow_exp.cli import CONF_DIR, preflight, validate_config
 from gradflow_exp.data import build_dataset
-from gradflow_exp.losses import build_loss
+from gradflow_exp.losses import build_training_loss
 from gradflow_exp.loop import LoopConfig, train
-from gradflow_exp.optim import build_optimizer, resolve_time_scale
+from gradflow_exp.optim import IEQ, build_optimizer, resolve_time_scale
 from gradflow_exp.sinks import CSVSink, WandbSink, read_json, save_checkpoint, write_json
 
 log = logging.getLogger("gradflow_exp")
@@ -91,23 +91,31 @@ def build(cfg: DictConfig):
     data = build_dataset(cfg.dataset, seed=int(data_seed)).to(device, dtype)
     seed_everything(cfg.seed)
     model = hydra.utils.instantiate(cfg.model, in_dim=data.in_dim, out_dim=data.out_dim).to(device, dtype)
-    loss_fn = build_loss(cfg.loss.name)
+    loss_fn = build_training_loss(OmegaConf.to_container(cfg.loss, resolve=True), cfg.trainer.epochs)
     if data.task == "classification" and loss_fn.name != "cross_entropy":
         raise ConfigError(f"loss={loss_fn.name} needs regression targets; dataset mnist needs loss=cross_entropy")
     if data.task == "regression" and loss_fn.name == "cross_entropy":
         raise ConfigError(f"loss=cross_entropy needs class labels; dataset {cfg.dataset.name} is a regression problem")
     k = resolve_time_scale(cfg.time_scale, model)
     optimizer = build_optimizer(cfg.optimizer, model, k)
+    if cfg.loss.get("penalty") is not None and isinstance(getattr(optimizer, "base", optimizer), IEQ):
+        raise ConfigError("loss.penalty has no residual form for full-Jacobian IEQ (its N × N solve would "
+                          "grow by n rows); use optimizer=ieq_adaptive or a loss without a penalty")
     t = cfg.trainer
     loop_cfg = LoopConfig(epochs=t.epochs, batch_size=t.batch_size, log_every=t.log_every,
                           shuffle=t.shuffle, progress=t.progress, eval_chunk=t.eval_chunk,
                           collapse_q=t.collapse_q,
-                          checkpoint_every=t.get("checkpoint_every") if t.checkpoint else None)
+                          checkpoint_every=t.get("checkpoint_every") if t.checkpoint else None,
+                          scheduler=_plain(cfg.get("scheduler")), diagnostics=_plain(cfg.get("diagnostics")))
     if (loop_cfg.batch_size or 0) > data.x_train.shape[0]:
         raise ConfigError(f"trainer.batch_size={loop_cfg.batch_size} is larger than the training set "
                           f"({data.x_train.shape[0]} samples)")
     set_threads(cfg.get("threads", "auto"), model, loop_cfg.batch_size or data.x_train.shape[0], device)
     return data, model, loss_fn, optimizer, loop_cfg
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
 
 def set_threads(threads, model, batch_size: int, device: torch.device) -> None:

@@ -14,6 +14,9 @@ both and is what the runner passes:
   ``loss == r.pow(2).mean()`` (see `gradflow_exp.losses`), for IEQ's Jacobian.
 - ``closure.params``: dict of the trainable parameters, in ``model.named_parameters()`` order.
 
+A loss with a ``penalty(params)`` (`gradflow_exp.losses.CompositeLoss`) adds it to the
+batch loss in all of these, so optimizers see the composite energy.
+
 Models that can compute the MSE gradient by hand (``supports_manual_grad``, e.g. the
 paper's two-layer net) do so in ``closure()``: same numbers as autograd, a fraction of
 its per-step overhead on these small networks.
@@ -32,6 +35,7 @@ class BatchClosure:
         self.loss_fn = loss_fn
         self.x = x
         self.y = y
+        self._penalty = getattr(loss_fn, "penalty", None)
         self._manual = isinstance(loss_fn, MSELoss) and getattr(model, "supports_manual_grad", False)
 
     @property
@@ -41,16 +45,22 @@ class BatchClosure:
     def __call__(self, backward: bool = True) -> torch.Tensor:
         if not backward:
             with torch.no_grad():
-                return self.loss_fn(self.model(self.x), self.y)
+                return self._loss(self.model(self.x))
         if self._manual:
             with torch.no_grad():
                 return self.model.mse_loss_and_grad(self.x, self.y)
         with torch.enable_grad():
             for p in self.params.values():
                 p.grad = None
-            loss = self.loss_fn(self.model(self.x), self.y)
+            loss = self._loss(self.model(self.x))
             loss.backward()
         return loss.detach()
+
+    def _loss(self, pred: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        loss = self.loss_fn(pred, self.y)
+        if self._penalty is None:
+            return loss
+        return loss + self._penalty(self.params if params is None else params)
 
     def residual_gram(self):
         """(q, G = JJᵀ, vjp) in closed form when the model provides it (MSE only, where the
@@ -60,7 +70,7 @@ class BatchClosure:
         return self.model.residual_gram(self.x, self.y)
 
     def functional_loss(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.loss_fn(functional_call(self.model, params, (self.x,)), self.y)
+        return self._loss(functional_call(self.model, params, (self.x,)), params)
 
     def functional_residuals(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         pred = functional_call(self.model, params, (self.x,))
