@@ -27,6 +27,7 @@ def test_manual_gradient_equals_autograd(mean_field):
     grads = torch.autograd.grad(loss, list(net.parameters()))
     manual = net.mse_loss_and_grad(x, y)
     assert torch.allclose(manual, loss, rtol=1e-14)
+    assert torch.allclose(net.mse_loss(x, y.reshape(-1)), loss, rtol=1e-14)   # forward only, 1-d targets
     for p, g in zip(net.parameters(), grads):
         assert torch.allclose(p.grad, g, rtol=1e-12, atol=1e-15)
 

@@ -126,7 +126,8 @@ class _SAVCore(EnergyOptimizer):
         return out
 
     def _moments(self, group, params, grads):
-        """m̂ (list) and the denominator √v̂ + ε (list, or a scalar for 'scalar')."""
+        """Adam's moments: the raw first moments m (m̂ = m/(1−β₁ᵗ), never formed), 1−β₁ᵗ,
+        and √v̂ + ε (a list; a scalar for 'scalar')."""
         b1, b2 = group["betas"]
         eps = group["eps"]
         gst = self._group_state(group)
@@ -136,7 +137,6 @@ class _SAVCore(EnergyOptimizer):
         bc2 = 1 - b2 ** t
         ms = self._buffers(params, "exp_avg")
         torch._foreach_lerp_(ms, grads, 1 - b1)            # m ← β₁ m + (1−β₁) g
-        m_hat = torch._foreach_div(ms, to_dtype(bc1, ms[0]))   # m̂ = m/(1−β₁ᵗ)
         if group["second_moment"] == "elementwise":
             vs = self._buffers(params, "exp_avg_sq")
             torch._foreach_mul_(vs, b2)                    # v ← β₂ v + (1−β₂) g²
@@ -150,7 +150,7 @@ class _SAVCore(EnergyOptimizer):
             v = b2 * v + (1 - b2) * self._sqnorm(grads) / n   # v ← β₂ v + (1−β₂) ‖g‖²/n
             self._put(gst, "exp_avg_sq_scalar", v)
             denom = s_sqrt(v / bc2) + eps
-        return m_hat, denom
+        return ms, bc1, denom
 
     # ------------------------------------------------------------------------- step
     @torch.no_grad()
@@ -182,20 +182,25 @@ class _SAVCore(EnergyOptimizer):
                     budget = budget + K * c * c * gg / dt  # Σ_i (Δθ_i)²/(KΔt) = φ² K c² ‖g‖²/Δt
                 plans.append((params, grads, K * c))
                 continue
-            g_hat, denom = self._moments(group, params, grads)
-            # d = τ (I + τℒ)⁻¹ ĝ with τ = Δt/denom:  d = Δt ĝ / (denom + λΔt)
+            ms, bc1, denom = self._moments(group, params, grads)
+            # d = τ (I + τℒ)⁻¹ m̂ with τ = Δt/denom:  d = Δt m̂/(denom + λΔt) = (Δt/(1−β₁ᵗ)) m/(denom + λΔt)
             if isinstance(denom, (list, tuple)):
-                d = torch._foreach_div(g_hat, torch._foreach_add(denom, lam * dt))
-                torch._foreach_mul_(d, dt)
+                if self.relax:      # D needs denom itself (kept exact: no add-then-subtract)
+                    shifted = torch._foreach_add(denom, lam * dt)
+                else:
+                    shifted = denom
+                    torch._foreach_add_(shifted, lam * dt)
+                d = torch._foreach_div(ms, shifted)
+                torch._foreach_mul_(d, to_dtype(dt / bc1, d[0]))
             else:
-                d = torch._foreach_mul(g_hat, to_dtype(dt / (denom + lam * dt), g_hat[0]))
-            total = total + K * self._dot(g_hat, d)        # K ⟨ĝ, (I+τℒ)⁻¹ τ ĝ⟩ ≥ 0
+                d = torch._foreach_mul(ms, to_dtype(dt / (bc1 * (denom + lam * dt)), ms[0]))
+            total = total + K * self._dot(ms, d) / bc1     # K ⟨m̂, (I+τℒ)⁻¹ τ m̂⟩ ≥ 0
             if self.relax:
                 # Σ_i (Δθ_i)²/(K τ_i) = φ² K Σ_i d_i² denom_i / Δt
                 if isinstance(denom, (list, tuple)):
                     w = self._dot(d, torch._foreach_mul(d, denom))
                 else:
-                    w = self._dot(d, d) * denom
+                    w = self._sqnorm(d) * denom
                 budget = budget + K * w / dt
             plans.append((params, d, K))
 
