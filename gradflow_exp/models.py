@@ -79,6 +79,38 @@ class TwoLayerNet(nn.Module):
         b.grad = dh.sum(0)
         return loss
 
+    def perturbed_mse(self, x: torch.Tensor, y: torch.Tensor, xi: list[torch.Tensor], h: float,
+                      backward: bool = True) -> torch.Tensor | None:
+        """SPM's smoothed loss I_h = (1/J) Σ_j I(θ + hξ_j) on (x, y) and, with ``backward``,
+        its gradient (1/J) Σ_j ∇I(θ + hξ_j) written into ``.grad``, by hand.
+
+        ``xi``: [J, *shape] draws for W, b, a (``_weights`` order). The J perturbed hidden
+        layers are ONE matmul against the stacked [J·m, D] weights; the W- and b-gradients
+        sum ∂I/∂h over j before their matmul (∂(θ + hξ_j)/∂θ = I), so the backward costs
+        one base backward instead of J. None for more than one output.
+        """
+        W, b, a = self._weights()
+        if a.shape[0] != 1:
+            return None
+        xw, xb, xa = xi
+        J, m = xw.shape[0], W.shape[0]
+        Wj = torch.add(W, xw, alpha=h).reshape(J * m, -1)  # [J·m, D]
+        bj = torch.add(b, xb, alpha=h).reshape(-1)         # [J·m]
+        aj = torch.add(a, xa, alpha=h).reshape(J, m)       # [J, m]
+        H = torch.addmm(bj, x, Wj.t()).view(-1, J, m)      # [N, J, m]
+        R = H.clamp_min(0)
+        e = torch.einsum("njk,jk->nj", R, aj).mul_(self.scale) - y.reshape(-1, 1)   # [N, J]
+        flat = e.reshape(-1)
+        loss = torch.dot(flat, flat) / flat.numel()
+        if not backward:
+            return loss
+        df = e * (2.0 * self.scale / flat.numel())         # ∂I_h/∂f_j, [N, J]
+        dH = torch.ops.aten.threshold_backward(df.unsqueeze(-1) * aj, H, 0.0).sum(1)   # Σ_j, [N, m]
+        a.grad = torch.einsum("nj,njk->k", df, R).unsqueeze(0)
+        W.grad = dH.t() @ x
+        b.grad = dH.sum(0)
+        return loss
+
     def residual_gram(self, x: torch.Tensor, y: torch.Tensor):
         """Residual q = f − y, its Gram matrix G = J Jᵀ (J = ∂f/∂θ, N × n) in closed form, and
         v ↦ Jᵀv per parameter (``parameters()`` order), sharing one forward pass.

@@ -45,6 +45,8 @@ class BatchClosure:
     def __call__(self, backward: bool = True) -> torch.Tensor:
         if not backward:
             with torch.no_grad():
+                if self._manual:
+                    return self.model.mse_loss(self.x, self.y)
                 return self._loss(self.model(self.x))
         if self._manual:
             with torch.no_grad():
@@ -61,6 +63,16 @@ class BatchClosure:
         if self._penalty is None:
             return loss
         return loss + self._penalty(self.params if params is None else params)
+
+    def perturbed_mse(self, xi: dict[str, torch.Tensor], h: float, backward: bool = True):
+        """SPM's averaged loss (and gradient) in closed form when the model provides it
+        (MSE only, every parameter perturbed); None otherwise, and SPM uses vmap."""
+        fast = getattr(self.model, "perturbed_mse", None)
+        if not self._manual or fast is None or set(xi) != set(self.params):
+            return None
+        names = [n for n, _ in self.model.named_parameters()]
+        with torch.no_grad():
+            return fast(self.x, self.y, [xi[n] for n in names], h, backward)
 
     def residual_gram(self):
         """(q, G = JJᵀ, vjp) in closed form when the model provides it (MSE only, where the

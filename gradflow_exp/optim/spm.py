@@ -7,7 +7,9 @@
     I_h(θ) = (1/J) Σ_j I(θ + h ξ_j),
 
 evaluated in ONE batched call (``torch.func.vmap`` over the J perturbations of
-``closure.functional_loss``). ``closure()`` writes ∇I_h(θ) = (1/J) Σ_j ∇I(θ + hξ_j) into
+``closure.functional_loss``), or, where the model computes it by hand
+(``closure.perturbed_mse``: the two-layer net under MSE), in closed form with one
+backward for all J. ``closure()`` writes ∇I_h(θ) = (1/J) Σ_j ∇I(θ + hξ_j) into
 ``p.grad``; ``closure(backward=False)`` evaluates the same I_h (same ξ) without grad
 (RelSAV's r̂); ``functional_residuals`` stacks the J perturbed residual vectors (scaled so
 mean(q²) = I_h), so full-Jacobian IEQ also works under SPM (N becomes J·N).
@@ -60,6 +62,10 @@ class PerturbedClosure:
         return res.reshape(-1)                            # mean(q²) = I_h (every N is equal)
 
     def __call__(self, backward: bool = True):
+        fast = getattr(self.closure, "perturbed_mse", None)
+        loss = fast(self.xi, self.h, backward) if fast is not None else None
+        if loss is not None:          # the model's closed form: same numbers, no vmap/autograd
+            return loss
         params = self.closure.params
         if not backward:
             with torch.no_grad():
@@ -122,9 +128,14 @@ class SPM(Optimizer):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def draw(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """ξ for one step: for each parameter (in ``params`` order) a [J, *shape] N(0,1) draw."""
+        """ξ for one step: for each parameter (in ``params`` order) a [J, *shape] N(0,1) draw.
+
+        Drawn in float32 and widened: J·n normals per step are SPM's largest cost after the
+        J forward passes, float64 normals cost 4× as much on CPU, and a random direction
+        needs no 53-bit mantissa (the perturbed θ + hξ is still formed in θ's dtype)."""
         return {n: torch.randn((self.J, *p.shape), generator=self.generator,
-                               dtype=p.dtype, device=p.device)
+                               dtype=torch.float32 if p.dtype == torch.float64 else p.dtype,
+                               device=p.device).to(p.dtype)
                 for n, p in params.items()}
 
     @torch.no_grad()
