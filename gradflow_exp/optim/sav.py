@@ -49,6 +49,14 @@ The time scale enters D as 1/K so that this holds for every K (K = 1 is the pape
 Seed 001 §2.4 writes the blend with ξ on r̂ and the constraint against r̂; that version
 does not imply r^{n+1} ≤ rⁿ, so the paper's form is implemented.
 
+``rhat_batch`` (the paper leaves open which batch r̂^{n+1} is evaluated on): ``'same'``
+(default) re-evaluates I(θ^{n+1}) on the step's batch, one forward pass; ``'next'`` relaxes
+r̃^{n+1} at the start of the next step toward √(I(θ^{n+1}) + C) on the NEXT batch, which
+that step computes anyway: no extra forward, RelSAV then costs what SAV costs. The bound
+r ≤ √(r̃² + ηD), hence the energy guarantee, holds for either r̂. With ``'next'`` the
+logged ``xi`` is the one applied at the step's start (to the previous r̃), and a restart
+discards the pending relaxation.
+
 Options:
 ``restart='epoch'``: ``epoch_start()`` (called by the loop at each epoch start) makes the
 next step use rⁿ = r̂ⁿ = √(I(θⁿ)+C) on its batch. With mini-batches, vanilla SAV's r is a
@@ -79,6 +87,7 @@ from gradflow_exp.optim.base import (
 )
 
 SECOND_MOMENTS = ("elementwise", "scalar")
+RHAT_BATCHES = ("same", "next")
 
 
 def eval_no_grad(closure) -> torch.Tensor:
@@ -102,12 +111,13 @@ class _SAVCore(EnergyOptimizer):
     diagnostic_keys = ("energy", "r", "r_hat", "q", "eff_step")
 
     def __init__(self, params, *, lr, C, lam, time_scale, restart="none", eta=None,
-                 betas=None, eps=None, second_moment=None):
+                 rhat_batch="same", betas=None, eps=None, second_moment=None):
         defaults = dict(lr=check_lr(lr), C=check_C(C), lam=check_lam(lam),
                         time_scale=check_time_scale(time_scale),
                         restart=check_choice("restart", restart, RESTARTS))
         if self.relax:
             defaults["eta"] = check_eta(eta)
+            defaults["rhat_batch"] = check_choice("rhat_batch", rhat_batch, RHAT_BATCHES)
         if self.adaptive:
             defaults.update(betas=check_betas(betas), eps=check_eps(eps),
                             second_moment=check_choice("second_moment", second_moment,
@@ -152,6 +162,14 @@ class _SAVCore(EnergyOptimizer):
             denom = s_sqrt(v / bc2) + eps
         return ms, bc1, denom
 
+    @staticmethod
+    def _relax(r_hat, r_tilde, etaD):
+        """(r, ξ₀): the smallest ξ ∈ [0,1] with (ξr̃ + (1−ξ)r̂)² − r̃² ≤ ηD, i.e.
+        r = min(r̂, √(r̃² + ηD)) and ξ₀ = (r̂ − r)/(r̂ − r̃) when r̂ > r̃ (else 0)."""
+        r = s_min(r_hat, s_sqrt(r_tilde * r_tilde + etaD))
+        gap = r_hat - r_tilde
+        return r, s_clamp(s_ratio_if(gap > 0, r_hat - r, gap), 0.0, 1.0)
+
     # ------------------------------------------------------------------------- step
     @torch.no_grad()
     def step(self, closure=None):
@@ -163,6 +181,13 @@ class _SAVCore(EnergyOptimizer):
         sqrtE = s_sqrt(E)                                  # r̂ⁿ = √(I(θⁿ)+C)
         r_prev = self._get(anchor, "r", sqrtE)             # r⁰ = √(I(θ⁰)+C)
         restart = self._take_restart()
+        diag = {}
+        pending = anchor.pop("relax_budget", None)         # rhat_batch='next': ηD of the last step
+        if pending is not None and not restart:
+            # relax the last step's r̃ toward r̂ on THIS batch at θⁿ: no extra forward pass
+            r_prev, diag["xi"] = self._relax(sqrtE, r_prev, self._scalar(pending))
+        elif self.relax and g0["rhat_batch"] == "next":
+            diag["xi"] = 0.0
         r_n = sqrtE if (self.reset or restart) else r_prev  # ResSAV / restart: rⁿ ← r̂ⁿ
 
         total = 0.0    # Σ_groups K ⟨ĝ, d⟩
@@ -211,17 +236,14 @@ class _SAVCore(EnergyOptimizer):
         for params, direction, coef in plans:
             self._axpy(params, direction, -coef * phi)
 
-        diag = {}
+        r_new = r_tilde
         if self.relax:
-            r_hat_new = s_sqrt(self._scalar(eval_no_grad(closure)) + C)   # r̂^{n+1}
-            D = phi * phi * budget                          # Σ_i Δθ_i²/(K τ_i)
-            bound = s_sqrt(r_tilde * r_tilde + g0["eta"] * D)          # √(r̃² + ηD)
-            # smallest ξ ∈ [0,1] with (ξr̃ + (1−ξ)r̂)² − r̃² ≤ ηD  ⇔  r = min(r̂, √(r̃²+ηD))
-            r_new = s_min(r_hat_new, bound)
-            gap = r_hat_new - r_tilde
-            diag["xi"] = s_clamp(s_ratio_if(gap > 0, r_hat_new - r_new, gap), 0.0, 1.0)
-        else:
-            r_new = r_tilde
+            etaD = g0["eta"] * phi * phi * budget           # η Σ_i Δθ_i²/(K τ_i)
+            if g0["rhat_batch"] == "next":
+                self._put(anchor, "relax_budget", etaD)     # relaxed at the next step's start
+            else:
+                r_hat_new = s_sqrt(self._scalar(eval_no_grad(closure)) + C)   # r̂^{n+1}
+                r_new, diag["xi"] = self._relax(r_hat_new, r_tilde, etaD)
         self._put(anchor, "r", r_new)
 
         K0, dt0, lam0 = g0["time_scale"], g0["lr"], g0["lam"]
@@ -258,15 +280,17 @@ class ResSAV(_SAVCore):
 class RelSAV(_SAVCore):
     """Relaxed SAV (paper Alg. 4, ξ on r̃). Energy: (r^{n+1})² ≤ (rⁿ)² − (1−η)D ≤ (rⁿ)² at
     every step for every Δt (restart='none'; between restarts with 'epoch'). One extra
-    forward pass per step (``closure(backward=False)``)."""
+    forward pass per step (``closure(backward=False)``) with ``rhat_batch='same'``; none
+    with ``'next'`` (see the module docstring)."""
 
     relax = True
     diagnostic_keys = _SAVCore.diagnostic_keys + ("xi",)
 
     def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
-                 eta: float = 0.99, restart: str = "none", time_scale: float = 1.0):
+                 eta: float = 0.99, restart: str = "none", rhat_batch: str = "same",
+                 time_scale: float = 1.0):
         super().__init__(params, lr=lr, C=C, lam=lam, eta=eta, restart=restart,
-                         time_scale=time_scale)
+                         rhat_batch=rhat_batch, time_scale=time_scale)
 
 
 class ASAV(_SAVCore):
@@ -306,6 +330,7 @@ class ARelSAV(_SAVCore):
     def __init__(self, params, lr: float = 0.01, C: float = 1.0, lam: float = 0.0,
                  eta: float = 0.99, betas=(0.9, 0.999), eps: float = 1e-8,
                  second_moment: str = "elementwise", restart: str = "none",
-                 time_scale: float = 1.0):
+                 rhat_batch: str = "same", time_scale: float = 1.0):
         super().__init__(params, lr=lr, C=C, lam=lam, eta=eta, betas=betas, eps=eps,
-                         second_moment=second_moment, restart=restart, time_scale=time_scale)
+                         second_moment=second_moment, restart=restart, rhat_batch=rhat_batch,
+                         time_scale=time_scale)

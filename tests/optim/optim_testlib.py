@@ -15,6 +15,7 @@ METHODS = {
     "sav": (SAV, dict(lr=0.2, C=1.0)),
     "ressav": (ResSAV, dict(lr=0.2, C=1.0)),
     "relsav": (RelSAV, dict(lr=0.2, C=1.0)),
+    "relsav_next": (RelSAV, dict(lr=0.2, C=1.0, rhat_batch="next")),
     "asav": (ASAV, dict(lr=0.01, C=1.0)),
     "aressav": (AResSAV, dict(lr=0.01, C=1.0)),
     "arelsav": (ARelSAV, dict(lr=0.01, C=1.0)),

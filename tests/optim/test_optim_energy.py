@@ -224,3 +224,33 @@ def test_sgd_diverges_where_sav_is_stable():
         assert math.isfinite(l_end) and l_end < 10 * l0, (cls.__name__, l0, l_end)
         if cls is not AEGD:   # AEGD bounds its element-wise energies, not the loss
             assert l_end < l0, (cls.__name__, l0, l_end)
+
+
+@pytest.mark.parametrize("dt", DTS)
+@pytest.mark.parametrize("cls", [RelSAV, ARelSAV], ids=lambda c: c.__name__)
+def test_relaxation_on_the_next_batch_keeps_the_energy_and_needs_no_forward(cls, dt):
+    """rhat_batch='next': the relaxed r (applied at the next step's start, logged there as
+    q·r̂) never increases, stays ≤ r̂ of its batch, and no step evaluates the loss twice."""
+    from gradflow_exp.losses import MSELoss
+    from gradflow_exp.optim import BatchClosure
+
+    class Counting(BatchClosure):
+        forward_only = 0
+
+        def __call__(self, backward=True):
+            type(self).forward_only += not backward
+            return super().__call__(backward)
+
+    for _, make, x, y in problems():
+        model = make()
+        opt = cls(model.parameters(), lr=dt, C=1.0, rhat_batch="next")
+        relaxed, xis = [], []
+        for _, first, xb, yb in batches(x, y, 16, 3):
+            opt.step(Counting(model, MSELoss(), xb, yb))
+            d = opt.diagnostics()
+            relaxed.append(float(d["q"]) * float(d["r_hat"]))   # r carried into the step
+            xis.append(float(d["xi"]))
+        assert Counting.forward_only == 0
+        assert all(b <= a * (1 + 1e-14) for a, b in zip(relaxed, relaxed[1:])), relaxed
+        assert all(0.0 <= xi <= 1.0 for xi in xis) and max(xis) > 0   # it did relax
+        Counting.forward_only = 0
