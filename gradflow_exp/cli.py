@@ -176,6 +176,7 @@ def check_diagnostics(d) -> None:
         _check_number(h.get("tol"), "diagnostics.hessian.tol", 0.0)
         _check_number(h.get("grad_tol"), "diagnostics.hessian.grad_tol", 0.0)
         _check_int(h.get("maxiter"), "diagnostics.hessian.maxiter", 1)
+        _check_number(h.get("lanczos_tol"), "diagnostics.hessian.lanczos_tol", 0.0)
     g = d.get("grad_noise")
     if g is not None and g.get("every") is not None:
         _check_int(g.get("every"), "diagnostics.grad_noise.every", 1, "a positive integer or null (off)")

@@ -50,7 +50,8 @@ class Diagnostics:
                 out.update(hessian_summary(BatchClosure(model, loss_fn, x[:rows], y[:rows]).functional_loss,
                                            params, k=h["k"], tol=h["tol"], grad_tol=h["grad_tol"],
                                            step=float(group["lr"]) * float(group.get("time_scale", 1.0)),
-                                           seed=self.seed, maxiter=h.get("maxiter")))
+                                           seed=self.seed, maxiter=h.get("maxiter"),
+                                           lanczos_tol=h.get("lanczos_tol", 0.0)))
         if self.noise_every:
             out.update(dict.fromkeys(NOISE_KEYS, math.nan))
             if self._on(self.noise_every, epoch):

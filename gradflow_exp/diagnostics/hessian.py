@@ -84,11 +84,11 @@ def verdict(lam_min: float, grad_norm: float, tol: float, grad_tol: float) -> fl
 
 
 def hessian_summary(loss, params, *, k: int, tol: float, grad_tol: float, step: float,
-                    seed: int = 0, maxiter: int | None = None) -> dict[str, float]:
+                    seed: int = 0, maxiter: int | None = None, lanczos_tol: float = 0.0) -> dict[str, float]:
     """The logged columns at ``params``; ``step`` = lr·K, the effective Euler step Δt, for
     the stability limit 2/Δt of gradient descent on the local quadratic model."""
     op, g = hessian_operator(loss, params)
-    top, bottom = extreme_eigenvalues(op, k=k, seed=seed, maxiter=maxiter)
+    top, bottom = extreme_eigenvalues(op, k=k, seed=seed, maxiter=maxiter, tol=lanczos_tol)
     lam_max, lam_min = float(top[0]), float(bottom[0])
     grad_norm = float(g.norm())
     return {"hess_lambda_max": lam_max, "hess_lambda_min": lam_min,
