@@ -3,6 +3,12 @@ errors on a log y axis, one curve per method (median over seeds with a band).
 
 Diverged runs are drawn up to their last finite value and end in an ×, and the legend says
 how many seeds diverged or failed: a method that blew up must not look like one that won.
+
+Diagnostics get panels when their columns exist: the Hessian's λ_max on a log axis with the
+stability limit 2/Δt dashed in the same colour (non-positive λ_max is dropped there), λ_min
+on a symlog axis (it changes sign: negative at a saddle), and the gradient signal-to-noise
+ratio on a log axis. They are measured at fewer epochs than the errors; each is drawn
+through its measured epochs, with markers.
 """
 from __future__ import annotations
 
@@ -25,7 +31,13 @@ PANELS = [
     ("energy", "energy r²", "log"),
     ("one_minus_q", "1 − r/r̂", "symlog"),
     ("test_accuracy", "test accuracy", "linear"),
+    ("hess_lambda_max", "Hessian λ_max (dashed: 2/Δt)", "log"),
+    ("hess_lambda_min", "Hessian λ_min", "symlog"),
+    ("grad_snr", "gradient SNR ‖ḡ‖²/noise", "log"),
 ]
+# Sparse columns (measured at chosen epochs) and a companion drawn dashed in their panel.
+SPARSE = {"hess_lambda_max", "hess_lambda_min", "grad_snr"}
+COMPANION = {"hess_lambda_max": "stability_limit"}
 BANDS = {"minmax": ("min–max", 0.0, 100.0), "iqr": ("IQR", 25.0, 75.0)}
 
 
@@ -104,8 +116,12 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
     panels = panels_for(g_exp) or PANELS[:2]
     methods = list(dict.fromkeys(g_exp["method"]))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    axes = axes[0]
+    ncols = min(len(panels), 4)       # wrap: diagnostics can add up to three panels
+    nrows = -(-len(panels) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in grid.ravel()[len(panels):]:
+        ax.set_visible(False)
+    axes = grid.ravel()[:len(panels)]
     handles, any_end = [], False
     seeds = g_exp.groupby("method", sort=False)["run_dir"].nunique()
     for i, method in enumerate(methods):
@@ -119,9 +135,14 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
             if mat.empty or not np.isfinite(mat.to_numpy(float)).any():
                 continue
             x, med, lo, hi = median_band(mat, band)
-            ax.plot(x, med, color=color, lw=1.4)
+            ok = np.isfinite(med)       # NaN rows: not measured there, or after a run stopped
+            ax.plot(x[ok], med[ok], color=color, lw=1.4, marker="o" if col in SPARSE else None, ms=3)
             if mat.shape[1] > 1:
-                ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+                ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.18, lw=0)
+            if COMPANION.get(col) in g.columns:
+                cx, cmed, _, _ = median_band(seed_matrix(g, COMPANION[col], scale), band)
+                keep = np.isfinite(cmed)
+                ax.plot(cx[keep], cmed[keep], color=color, lw=1.0, ls="--")
             for run_dir, st in statuses.items():
                 end = last_finite(mat, run_dir) if st != "completed" else None
                 if end is not None:
@@ -130,6 +151,8 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
         handles.append(Line2D([], [], color=color, lw=1.6, label=legend_label(method, statuses)))
     for ax, (col, title, scale) in zip(axes, panels):
         vals = g_exp[col].astype(float).to_numpy() if col in g_exp.columns else np.array([])
+        if COMPANION.get(col) in g_exp.columns:
+            vals = np.concatenate([vals, g_exp[COMPANION[col]].astype(float).to_numpy()])
         _set_scale(ax, scale, vals)
         ax.set_title(title)
         ax.set_xlabel("epoch")

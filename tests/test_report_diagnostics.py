@@ -1,0 +1,36 @@
+"""gradflow-report draws the Hessian spectrum (λ_max with 2/Δt, λ_min) and the gradient SNR
+when runs logged them, and only then."""
+import numpy as np
+import pandas as pd
+
+from gradflow_exp.report import load_runs
+from helpers import SMALL
+from test_sweeps import hydra_inprocess
+from gradflow_exp.report.cli import main
+from gradflow_exp.report.figures import panels_for
+
+FIG7 = ["experiment=fig7", "dataset.M=300", "trainer.log_every=1", "threads=1", "trainer.epochs=4"]
+DIAG = ["diagnostics.hessian.every=2", "diagnostics.grad_noise.every=2"]
+
+
+def test_spectrum_and_snr_panels(tmp_path, monkeypatch, capsys):
+    hydra_inprocess("-m", *SMALL, *FIG7, "optimizer=sgd,sav", *DIAG, f"hydra.sweep.dir={tmp_path}/sweep",
+                    monkeypatch=monkeypatch)
+    out = tmp_path / "report"
+    assert main([str(tmp_path), "--out", str(out)]) == 0
+    assert (out / "fig7_curves.png").read_bytes()[:4] == b"\x89PNG" and (out / "fig7_curves.pdf").is_file()
+    df = load_runs([tmp_path])
+    assert set(df.method) == {"sgd", "sav"}
+    panels = [p[0] for p in panels_for(df)]
+    assert panels[-3:] == ["hess_lambda_max", "hess_lambda_min", "grad_snr"]
+    data = pd.read_csv(out / "data.csv")
+    measured = data.dropna(subset=["hess_lambda_max"])
+    assert sorted(set(measured.epoch)) == [0, 2, 4] and len(measured) == 6
+    np.testing.assert_allclose(measured.stability_limit, 2 / measured.lr)
+    assert (data.dropna(subset=["grad_snr"]).grad_snr > 0).all()
+
+
+def test_no_diagnostic_panels_without_the_columns(run_inprocess, tmp_path):
+    assert run_inprocess(*FIG7, "optimizer=sgd")[0]["status"] == "completed"
+    panels = [p[0] for p in panels_for(load_runs([tmp_path]))]
+    assert not {"hess_lambda_max", "hess_lambda_min", "grad_snr"} & set(panels)
