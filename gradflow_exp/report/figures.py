@@ -96,8 +96,11 @@ def _set_scale(ax, scale: str, values: np.ndarray) -> None:
     """symlog for 1 − q, which changes sign (RelSAV's r can exceed r̂); linthresh from data."""
     if scale == "symlog":
         v = np.abs(values[np.isfinite(values) & (values != 0)])
-        if v.size and (values[np.isfinite(values)] > 0).all():
+        finite = values[np.isfinite(values)]
+        if v.size and (finite > 0).all():
             ax.set_yscale("log")
+        elif v.size and (finite < 0).all() and v.max() < 10 * v.min():
+            pass    # one sign, under a decade: symlog would show no tick; linear reads best
         else:
             ax.set_yscale("symlog", linthresh=float(v.min()) if v.size else 1e-12)
     elif scale == "log":
