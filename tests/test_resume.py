@@ -106,9 +106,10 @@ def test_sigterm_writes_checkpoint_and_interrupted_summary(tmp_path, reference):
     assert_same_run(run_dir, reference)
 
 
-def test_energy_method_resumes_exactly(tmp_path, monkeypatch):
-    """SPM-SAV: r, the SPM wrapper's own generator and the rows after the checkpoint (dropped
-    from metrics.csv on resume) — rewound to epoch 2's checkpoint, it ends as before."""
+def resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch):
+    """Run ``cfg`` (checkpoint_every=2) to the end, rewind it to epoch 2's checkpoint as if
+    killed there, run it again, and check it ends exactly as the uninterrupted run.
+    Returns the run directory."""
     import shutil
 
     import gradflow_exp.train as train_mod
@@ -121,15 +122,23 @@ def test_energy_method_resumes_exactly(tmp_path, monkeypatch):
             shutil.copy(path, tmp_path / "epoch2.pt")
 
     monkeypatch.setattr(train_mod, "save_checkpoint", save_and_keep_epoch_2)
-    cfg = compose_cfg(SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=spm_sav", "trainer.epochs=6",
-                               "trainer.log_every=1", "trainer.checkpoint_every=2", "threads=1"])
     run_dir = tmp_path / "run"
     done = train_mod.run(cfg, run_dir)
+    assert done["status"] == "completed"
     shutil.copytree(run_dir, tmp_path / "reference")
     shutil.copy(tmp_path / "epoch2.pt", run_dir / "checkpoint.pt")     # killed after epoch 2's checkpoint
     (run_dir / "summary.json").write_text(json.dumps({"status": "running", "fingerprint": done["fingerprint"]}))
     assert train_mod.run(cfg, run_dir)["status"] == "completed"
     assert_same_run(run_dir, tmp_path / "reference")
+    return run_dir
+
+
+def test_energy_method_resumes_exactly(tmp_path, monkeypatch):
+    """SPM-SAV: r, the SPM wrapper's own generator and the rows after the checkpoint (dropped
+    from metrics.csv on resume) — rewound to epoch 2's checkpoint, it ends as before."""
+    cfg = compose_cfg(SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=spm_sav", "trainer.epochs=6",
+                               "trainer.log_every=1", "trainer.checkpoint_every=2", "threads=1"])
+    resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch)
 
 
 def test_finished_run_is_skipped_and_another_config_refused(tmp_path):

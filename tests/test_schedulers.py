@@ -1,15 +1,13 @@
 """Learning-rate schedules (scheduler group) and the AdamW/NAdam/LAMB baselines, through the runner:
 the logged lr column follows the schedule's formula for every optimizer kind, and a resumed run
 with a stateful schedule ends exactly as an uninterrupted one."""
-import json
 import math
-import shutil
 
 import pandas as pd
 import pytest
 
 from helpers import SMALL, compose_cfg
-from test_resume import assert_same_run
+from test_resume import resume_from_epoch_2_matches
 
 FIG7 = ["experiment=fig7", "dataset.M=300", "trainer.log_every=1", "threads=1"]
 LR = 0.01      # fig7's Δt
@@ -82,25 +80,8 @@ def test_new_baselines_build_and_train(run_inprocess, optimizer, cls):
 def test_stateful_schedules_resume_exactly(tmp_path, monkeypatch, overrides):
     """Rewound to epoch 2's checkpoint, the run ends exactly as before (scheduler state and
     the loss weight come back)."""
-    import gradflow_exp.train as train_mod
-
-    save = train_mod.save_checkpoint
-
-    def save_and_keep_epoch_2(path, state):
-        save(path, state)
-        if state["epoch"] == 2:
-            shutil.copy(path, tmp_path / "epoch2.pt")
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_and_keep_epoch_2)
     cfg = compose_cfg(SMALL + FIG7 + overrides + ["trainer.epochs=6", "trainer.checkpoint_every=2"])
-    run_dir = tmp_path / "run"
-    done = train_mod.run(cfg, run_dir)
-    assert done["status"] == "completed"
-    shutil.copytree(run_dir, tmp_path / "reference")
-    shutil.copy(tmp_path / "epoch2.pt", run_dir / "checkpoint.pt")
-    (run_dir / "summary.json").write_text(json.dumps({"status": "running", "fingerprint": done["fingerprint"]}))
-    assert train_mod.run(cfg, run_dir)["status"] == "completed"
-    assert_same_run(run_dir, tmp_path / "reference")
+    run_dir = resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch)
     lr = pd.read_csv(run_dir / "metrics.csv")["lr"]
     if "scheduler=none" not in overrides and any(o.startswith("scheduler=") for o in overrides):
         assert lr.nunique() > 1           # the schedule did move across the checkpoint
