@@ -103,13 +103,6 @@ def require_closure(closure, name: str):
     return closure
 
 
-def as_f64(loss) -> torch.Tensor:
-    """The closure's loss as a detached 0-d float64 tensor."""
-    if isinstance(loss, torch.Tensor):
-        return loss.detach().to(F64).reshape(())
-    return torch.tensor(float(loss), dtype=F64)
-
-
 # ----------------------------------------------------------------------- vector helpers
 def grads_of(group) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     params = [p for p in group["params"] if p.grad is not None]
