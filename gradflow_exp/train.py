@@ -195,7 +195,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     for tmp in run_dir.glob(".checkpoint.pt.*"):     # left by a kill during an atomic write
         tmp.unlink(missing_ok=True)
-    base = {"run_dir": str(run_dir), "name": run_name(), "fingerprint": fp}
+    base = {"run_dir": str(run_dir), "name": run_name(), "fingerprint": fp,
+            "device": _device_name(next(model.parameters()).device)}
     # Until it ends, summary.json says the run is unfinished: a killed run is never taken
     # for a complete one, and a restart knows to resume it.
     write_json(run_dir / "summary.json", {"status": "running", **base,
@@ -253,6 +254,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     for flag in summary["flags"]:
         log.warning(flag)
     return summary
+
+
+def _device_name(device: torch.device) -> str:
+    """Where the run computed (device=auto resolves here): "cpu" or "cuda (<GPU name>)"."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
 def _load_checkpoint(path: Path) -> dict | None:

@@ -22,7 +22,8 @@ PROBLEMS = {
 
 
 def check_run_dir(run_dir, epochs, classification=False):
-    m = pd.read_csv(run_dir / "metrics.csv")
+    # round_trip: pandas' default float parser can miss the last bit of a written repr
+    m = pd.read_csv(run_dir / "metrics.csv", float_precision="round_trip")
     assert set(REQUIRED) <= set(m.columns)
     if classification:
         assert {"train_accuracy", "test_accuracy"} <= set(m.columns)
@@ -30,6 +31,8 @@ def check_run_dir(run_dir, epochs, classification=False):
     assert m[REQUIRED].map(math.isfinite).all().all()
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "completed" and s["epochs_completed"] == epochs and s["steps"] > 0
+    # device=auto (the default) resolved and recorded: CUDA where there is one
+    assert s["device"] == ("cuda (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "cpu")
     assert s["final"]["test_rel_error"] == m.test_rel_error.iloc[-1]
     assert s["best"]["train_rel_error"] == m.train_rel_error.min()
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)

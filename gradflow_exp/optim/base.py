@@ -166,13 +166,20 @@ def s_logaddexp(a, b):
     if isinstance(a, float) and isinstance(b, float):
         hi, lo = max(a, b), min(a, b)
         return hi if lo == -math.inf else hi + math.log1p(math.exp(lo - hi))
-    return torch.logaddexp(torch.as_tensor(a, dtype=F64), torch.as_tensor(b, dtype=F64))
+    return torch.logaddexp(*_tensors(a, b))
 
 
 def s_min(a, b):
     if isinstance(a, float) and isinstance(b, float):
         return min(a, b)
-    return torch.minimum(torch.as_tensor(a, dtype=F64), torch.as_tensor(b, dtype=F64))
+    return torch.minimum(*_tensors(a, b))
+
+
+def _tensors(a, b):
+    """A float beside a 0-d tensor, both as float64 tensors on the tensor's device (a CUDA
+    op refuses a CPU operand)."""
+    dev = (a if isinstance(a, torch.Tensor) else b).device
+    return torch.as_tensor(a, dtype=F64, device=dev), torch.as_tensor(b, dtype=F64, device=dev)
 
 
 def s_clamp(x, lo=None, hi=None):

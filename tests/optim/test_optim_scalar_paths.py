@@ -48,3 +48,22 @@ def test_float_path_is_what_cpu_uses():
     cls, kw = METHODS["sav"]
     opt = cls(small_net().parameters(), **kw)
     assert opt._host and isinstance(opt._scalar(torch.tensor(2.0)), float)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(METHODS))
+def test_cuda_takes_the_cpu_steps(name):
+    """On a GPU the tensor path runs for real: every operand on the parameters' device."""
+    extra = {"restart": "epoch"} if name in ("sav", "relsav", "expsav", "aegd") else {}
+    out = {}
+    for device in ("cpu", "cuda"):
+        cls, kw = METHODS[name]
+        model = small_net().to(device)
+        opt = cls(model.parameters(), **{**kw, **extra})
+        x, y = (t.to(device) for t in regression_data(scale=3.0))
+        for epoch, first, xb, yb in batches(x, y, 16, 3):
+            if first and hasattr(opt, "epoch_start"):
+                opt.epoch_start()
+            opt.step(closure_for(model, xb, yb))
+        out[device] = flat(model).cpu()
+    torch.testing.assert_close(out["cpu"], out["cuda"], rtol=1e-9, atol=1e-12)
