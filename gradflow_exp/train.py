@@ -17,6 +17,7 @@ if __name__ == "__main__":
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -48,6 +49,15 @@ FINISHED = ("completed", "diverged")      # a job with this status is not run ag
 # a run may be resumed with different values of these.
 NOT_IDENTITY = ("trainer.progress", "trainer.checkpoint", "trainer.checkpoint_every", "threads",
                 "hparams_objective", "logger")
+# Keys added to the config after runs already existed, and the test for the value that
+# means "off" (the behaviour from before the key). At that value a key is left out of the
+# identity, so a run started before the key existed still resumes. A new key goes here.
+INERT = {
+    "scheduler": lambda v: v.get("name") == "none",
+    "diagnostics": lambda v: all(g.get("every") is None for g in v.values()),
+    "replicas": lambda v: all(x is None for x in v.values()),
+    "optimizer.rhat_batch": lambda v: v == "same",
+}
 
 
 class ConfigError(ValueError):
@@ -146,13 +156,41 @@ def _parallel_local_launcher() -> bool:
 
 def fingerprint(resolved: dict) -> str:
     """Identifies what a run computes: a restarted job resumes or skips only its own run."""
+    return _hash(_without(resolved, NOT_IDENTITY + tuple(k for k in INERT if _inert(resolved, k))))
+
+
+def same_run(previous_fp: str | None, resolved: dict) -> bool:
+    """Whether a run directory's fingerprint is this config's. Runs of earlier versions
+    hashed every key, inert ones included, and had only some of INERT's keys: any subset
+    of the inert keys may be the one their config lacked."""
+    if previous_fp is None:
+        return True
+    inert = [k for k in INERT if _inert(resolved, k)]
+    return any(previous_fp == _hash(_without(resolved, NOT_IDENTITY + dropped))
+               for n in range(len(inert) + 1) for dropped in itertools.combinations(inert, n))
+
+
+def _node(d: dict, key: str) -> tuple[dict, str]:
+    *parents, last = key.split(".")
+    for p in parents:
+        d = d.get(p, {})
+    return d, last
+
+
+def _inert(resolved: dict, key: str) -> bool:
+    node, last = _node(resolved, key)
+    return last in node and INERT[key](node[last])
+
+
+def _without(resolved: dict, keys) -> dict:
     d = copy.deepcopy(resolved)
-    for key in NOT_IDENTITY:
-        *parents, last = key.split(".")
-        node = d
-        for p in parents:
-            node = node.get(p, {})
+    for key in keys:
+        node, last = _node(d, key)
         node.pop(last, None)
+    return d
+
+
+def _hash(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -178,7 +216,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         raise ConfigError(_short(e)) from None
     fp = fingerprint(resolved)
     previous = read_json(run_dir / "summary.json")
-    if previous.get("fingerprint", fp) != fp:
+    if not same_run(previous.get("fingerprint"), resolved):
         raise ConfigError(f"{run_dir} already holds a run of another configuration; "
                           "use a new hydra.run.dir (or hydra.sweep.dir)")
     if previous.get("status") in FINISHED:
@@ -190,7 +228,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     except (ValueError, TypeError, hydra.errors.InstantiationException) as e:
         raise ConfigError(_short(e)) from None
     ckpt = None
-    if previous.get("fingerprint") == fp and (run_dir / "checkpoint.pt").is_file():
+    if "fingerprint" in previous and (run_dir / "checkpoint.pt").is_file():
         ckpt = _load_checkpoint(run_dir / "checkpoint.pt")
     run_dir.mkdir(parents=True, exist_ok=True)
     for tmp in run_dir.glob(".checkpoint.pt.*"):     # left by a kill during an atomic write

@@ -106,10 +106,10 @@ def test_sigterm_writes_checkpoint_and_interrupted_summary(tmp_path, reference):
     assert_same_run(run_dir, reference)
 
 
-def resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch):
+def resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch, written_fingerprint=None):
     """Run ``cfg`` (checkpoint_every=2) to the end, rewind it to epoch 2's checkpoint as if
-    killed there, run it again, and check it ends exactly as the uninterrupted run.
-    Returns the run directory."""
+    killed there (its summary.json carrying ``written_fingerprint``, default the run's own),
+    run it again, and check it ends exactly as the uninterrupted run. Returns the run directory."""
     import shutil
 
     import gradflow_exp.train as train_mod
@@ -127,7 +127,8 @@ def resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch):
     assert done["status"] == "completed"
     shutil.copytree(run_dir, tmp_path / "reference")
     shutil.copy(tmp_path / "epoch2.pt", run_dir / "checkpoint.pt")     # killed after epoch 2's checkpoint
-    (run_dir / "summary.json").write_text(json.dumps({"status": "running", "fingerprint": done["fingerprint"]}))
+    fp = written_fingerprint or done["fingerprint"]
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running", "fingerprint": fp}))
     assert train_mod.run(cfg, run_dir)["status"] == "completed"
     assert_same_run(run_dir, tmp_path / "reference")
     return run_dir
@@ -164,3 +165,23 @@ def test_resume_argument_is_the_run_command(tmp_path):
     assert expand_resume([f"resume={tmp_path}/run", "trainer.progress=false"]) == \
         ["experiment=fig7", "optimizer.lr=0.02", "trainer.progress=false", f"hydra.run.dir={tmp_path}/run",
          "hydra.mode=RUN"]
+
+
+def test_run_of_an_earlier_version_resumes(tmp_path, monkeypatch):
+    """A run started before config keys such as ``replicas`` or ``scheduler`` existed (its
+    fingerprint hashed the config without them, inert keys included) still resumes when
+    those keys are at their "off" value; set to something else they make another run."""
+    from omegaconf import OmegaConf
+
+    import gradflow_exp.train as train_mod
+
+    overrides = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=sav", "trainer.epochs=6",
+                         "trainer.log_every=1", "trainer.checkpoint_every=2", "threads=1"]
+    cfg = compose_cfg(overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    older = train_mod._hash(train_mod._without(resolved, train_mod.NOT_IDENTITY + ("replicas", "scheduler")))
+    assert older != train_mod.fingerprint(resolved)
+    resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch, written_fingerprint=older)
+    cosine = OmegaConf.to_container(compose_cfg(overrides + ["scheduler=cosine"]), resolve=True)
+    assert not train_mod.same_run(older, cosine)
+    assert train_mod.fingerprint(cosine) != train_mod.fingerprint(resolved)
