@@ -34,3 +34,20 @@ def test_no_diagnostic_panels_without_the_columns(run_inprocess, tmp_path):
     assert run_inprocess(*FIG7, "optimizer=sgd")[0]["status"] == "completed"
     panels = [p[0] for p in panels_for(load_runs([tmp_path]))]
     assert not {"hess_lambda_max", "hess_lambda_min", "grad_snr"} & set(panels)
+
+
+def test_symlog_axis_over_many_decades_has_few_ticks():
+    """1 − r/r̂ of both signs from 1e-10 to 1e-2 (fig1's SPM-RelSAV): ticks stride over
+    decades instead of one overprinted label per decade on each side."""
+    import matplotlib.pyplot as plt
+
+    from gradflow_exp.report.figures import SYMLOG_TICKS, _set_scale
+
+    values = np.concatenate([np.logspace(-10, -2, 50), -np.logspace(-10, -2, 50)])
+    fig, ax = plt.subplots()
+    ax.plot(values)
+    _set_scale(ax, "symlog", values)
+    lo, hi = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    plt.close(fig)
+    assert ax.get_yscale() == "symlog" and 3 <= len(ticks) <= SYMLOG_TICKS + 1

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator, SymmetricalLogLocator  # noqa: E402
 
 # (column or derived name, panel title, y scale); a panel appears only when its data exists.
 PANELS = [
@@ -92,6 +92,9 @@ def legend_label(method: str, statuses: pd.Series) -> str:
     return f"{method} ({', '.join(notes)})" if notes else method
 
 
+SYMLOG_TICKS = 7
+
+
 def _set_scale(ax, scale: str, values: np.ndarray) -> None:
     """symlog for 1 − q, which changes sign (RelSAV's r can exceed r̂); linthresh from data."""
     if scale == "symlog":
@@ -102,7 +105,14 @@ def _set_scale(ax, scale: str, values: np.ndarray) -> None:
         elif v.size and (finite < 0).all() and v.max() < 10 * v.min():
             pass    # one sign, under a decade: symlog would show no tick; linear reads best
         else:
-            ax.set_yscale("symlog", linthresh=float(v.min()) if v.size else 1e-12)
+            linthresh = float(v.min()) if v.size else 1e-12
+            ax.set_yscale("symlog", linthresh=linthresh)
+            # One tick per decade on each side of 0 overprints when 1 − q spans 10⁻¹⁰…10⁻²
+            # of both signs: at most SYMLOG_TICKS, striding over decades.
+            locator = SymmetricalLogLocator(linthresh=linthresh, base=10)
+            locator.set_params(numticks=SYMLOG_TICKS)
+            ax.yaxis.set_major_locator(locator)
+            ax.yaxis.set_minor_locator(NullLocator())
     elif scale == "log":
         ax.set_yscale("log")
         pos = values[np.isfinite(values) & (values > 0)]
