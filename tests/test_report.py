@@ -158,6 +158,8 @@ def test_diverged_and_failed_runs_are_visible(tmp_path):
     problems = stats.problem_runs_markdown(runs)
     assert "diverged" in problems and "optimizer.lr must be positive" in problems
     assert legend_label("sgd", pd.Series(["completed", "diverged", "diverged"])) == "sgd (diverged 2/3)"
+    # a run killed and not resumed (SIGTERM, a time limit) is named too, never drawn as finished
+    assert legend_label("spm_sav", pd.Series(["interrupted", "interrupted", "completed"])) == "spm_sav (interrupted 2/3)"
 
 
 def test_paired_tests_match_scipy(tmp_path):

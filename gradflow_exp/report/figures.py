@@ -85,10 +85,9 @@ def last_finite(mat: pd.DataFrame, run_dir: str):
 
 
 def legend_label(method: str, statuses: pd.Series) -> str:
-    """'sgd lr=50 (diverged 2/3, failed 1/3)'."""
+    """'sgd lr=50 (diverged 2/3, failed 1/3)': every status but completed is named."""
     n = len(statuses)
-    notes = [f"{st} {int((statuses == st).sum())}/{n}" for st in ("diverged", "failed", "incomplete")
-             if (statuses == st).any()]
+    notes = [f"{st} {int((statuses == st).sum())}/{n}" for st in statuses.unique() if st != "completed"]
     return f"{method} ({', '.join(notes)})" if notes else method
 
 
@@ -135,7 +134,7 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
     for ax in grid.ravel()[len(panels):]:
         ax.set_visible(False)
     axes = grid.ravel()[:len(panels)]
-    handles, any_end = [], False
+    handles, stopped = [], set()       # statuses of runs that stopped early (marked ×)
     seeds = g_exp.groupby("method", sort=False)["run_dir"].nunique()
     for i, method in enumerate(methods):
         color = colors[i % len(colors)]
@@ -160,7 +159,7 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
                 end = last_finite(mat, run_dir) if st != "completed" else None
                 if end is not None:
                     ax.plot(*end, marker="x", ms=8, mew=2, color=color, ls="none", zorder=5)
-                    any_end = True
+                    stopped.add(st)
         handles.append(Line2D([], [], color=color, lw=1.6, label=legend_label(method, statuses)))
     for ax, (col, title, scale) in zip(axes, panels):
         vals = g_exp[col].astype(float).to_numpy() if col in g_exp.columns else np.array([])
@@ -171,8 +170,8 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="major", alpha=0.3)
-    if any_end:
-        handles.append(Line2D([], [], color="k", marker="x", ls="none", mew=2, label="run stopped (diverged/failed)"))
+    if stopped:
+        handles.append(Line2D([], [], color="k", marker="x", ls="none", mew=2, label="run stopped (" + "/".join(sorted(stopped)) + ")"))
     n_max = int(seeds.max()) if len(seeds) else 0
     sub = f" — median over seeds (n ≤ {n_max}), band {BANDS[band][0]}" if n_max > 1 else ""
     fig.suptitle(f"{experiment}{sub}")
