@@ -15,6 +15,10 @@ Runner overhead (two-layer problems): an epoch of the runner's own training loop
 an epoch of a plain script (hand-written gradient, in-place update, nothing else), also
 interleaved; the issue's bar is that the runner is not slower.
 
+Replica batches (``--replicas R``, two-layer problems): R seeds trained as one batch in one
+process (`gradflow_exp.replicas`) against the same R runs one after another through the
+runner's loop, interleaved rounds, speedup = median over rounds of the ratio.
+
 Targets (issue 5) are ratios to SGD: SAV-type, ExpSAV, IEQ-adaptive, AEGD ≤ 1.10×,
 RelSAV ≤ 1.40×, IEQ full Jacobian ≤ 2.5× (fig2, batch 64), SPM(J=10) ≤ 4× its base.
 """
@@ -229,6 +233,55 @@ def bench_runner(p: Problem, dtype, device, log_every: int, epochs: int, repeats
             "ratio": statistics.median(r / q for r, q in zip(runner_t, plain_t))}
 
 
+def bench_replicas(p: Problem, R: int, method: str, dtype, device, epochs: int, repeats: int) -> dict:
+    """R single runs one after another (`loop.train`, metrics.csv written, the problem's
+    ``log_every``) against the same R runs as one replica batch (`replicas.train_replicas`:
+    seeds 0…R−1, each with its own data, initialisation and batch order), interleaved; the
+    speedup is the median over rounds of the single runs' time over the batch's time."""
+    import tempfile
+
+    from gradflow_exp.loop import LoopConfig, train
+    from gradflow_exp.replicas import train_replicas
+    from gradflow_exp.sinks import CSVSink
+
+    problems = [build_problem(p, dtype, device, seed=s) for s in range(R)]
+    loss_fn = build_loss("mse")
+    opt_cfg = OmegaConf.load(CONF_DIR / "optimizer" / f"{method}.yaml")
+    opt_cfg.lr = 1e-4                       # tiny steps: timing, not training
+    if "restart" in opt_cfg and method == "sav":
+        opt_cfg.restart = "epoch"           # as fig2 / fig7 run SAV (conf/method/fig*/sav.yaml)
+    log_every = min(OmegaConf.load(CONF_DIR / "experiment" / f"{p.name}.yaml").trainer.log_every, epochs)
+    cfg = LoopConfig(epochs=epochs, batch_size=p.batch, log_every=log_every, progress=False)
+    clock, _ = clock_for(device)
+    single_t, batch_t = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(repeats + 1):       # round 0 is warm-up
+            models = [make_model() for _, make_model in problems]
+            opts = [build_optimizer(opt_cfg, m) for m in models]
+            sinks = [CSVSink(f"{tmp}/single_{s}.csv") for s in range(R)]
+            t = clock()
+            for s, ((data, _), model, opt, sink) in enumerate(zip(problems, models, opts, sinks)):
+                train(model, opt, loss_fn, data, cfg, [sink], seed=s)
+                sink.close()
+            _sync(device)
+            st = clock() - t
+            models = [make_model() for _, make_model in problems]
+            opts = [build_optimizer(opt_cfg, m) for m in models]
+            sinks = [[CSVSink(f"{tmp}/replica_{s}.csv")] for s in range(R)]
+            t = clock()
+            train_replicas(models, opts, loss_fn, [d for d, _ in problems], cfg, list(range(R)), sinks)
+            _sync(device)
+            bt = clock() - t
+            for sink in sinks:
+                sink[0].close()
+            if rnd:
+                single_t.append(st)
+                batch_t.append(bt)
+    return {"R": R, "epochs": epochs, "log_every": log_every, "singles_s": statistics.median(single_t),
+            "batch_s": statistics.median(batch_t),
+            "speedup": statistics.median(a / b for a, b in zip(single_t, batch_t))}
+
+
 def check_targets(res: dict) -> list[str]:
     lines = []
     for prob, r in res["problems"].items():
@@ -268,6 +321,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
     ap.add_argument("--runner-epochs", type=int, default=20,
                     help="epochs per timed runner / plain-script block (0: skip that comparison)")
+    ap.add_argument("--replicas", type=int, default=0,
+                    help="also time R seeds as one replica batch against R single runs (0: skip)")
+    ap.add_argument("--replica-methods", default="sgd,sav", help="methods for --replicas (sgd, sav, ressav)")
+    ap.add_argument("--replica-epochs", type=int, default=3, help="epochs per timed --replicas block")
     ap.add_argument("--json", default="bench.json")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -283,6 +340,11 @@ def main(argv=None) -> int:
         return 2
     if "sgd" not in methods:
         methods.insert(0, "sgd")
+    rep_methods = [m.strip() for m in args.replica_methods.split(",")]
+    if bad := [m for m in rep_methods if m not in ("sgd", "sav", "ressav")]:
+        print(f"gradflow-bench: error: --replica-methods {bad}: replica mode supports sgd, sav, ressav",
+              file=sys.stderr)
+        return 2
     probs = [p.strip() for p in args.problems.split(",")]
     if bad := [p for p in probs if p not in PROBLEMS]:
         print(f"gradflow-bench: error: unknown problem(s) {bad}; valid: {', '.join(PROBLEMS)}", file=sys.stderr)
@@ -321,6 +383,20 @@ def main(argv=None) -> int:
             res["runner"][prob] = r
             print(f"  {prob:6s} runner {r['runner_epoch_s']:.4f} s/epoch (log_every {r['log_every']}), "
                   f"plain {r['plain_epoch_s']:.4f} s/epoch: {r['ratio']:.2f}×")
+    if args.replicas > 0:
+        res["replicas"] = {}
+        print(f"\nreplica batch vs single runs one after another ({args.replicas} seeds, "
+              f"{args.replica_epochs} epochs per block, {clock_for(device)[1]}):")
+        for prob in probs:
+            if PROBLEMS[prob].model != "two_layer":
+                continue
+            res["replicas"][prob] = {}
+            for m in rep_methods:
+                r = bench_replicas(PROBLEMS[prob], args.replicas, m, dtype, device, args.replica_epochs,
+                                   max(1, args.repeats // 2))
+                res["replicas"][prob][m] = r
+                print(f"  {prob:6s} {m:7s} {args.replicas} single runs {r['singles_s']:.3f} s, one batch "
+                      f"{r['batch_s']:.3f} s: {r['speedup']:.2f}× faster")
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         res["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 _MISSING = object()
@@ -71,6 +71,8 @@ def check_overrides(args: list[str]) -> None:
             continue
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() and o.is_discrete_sweep() else (
             [] if o.is_sweep_override() else [o.get_value_element_as_str()])
+        if key == "replicas" and any(v != "null" and not v.startswith("{") for v in values):
+            fail("replicas takes lists by key: replicas.seeds=[0,1,2] (also replicas.lr, replicas.C, replicas.lam)")
         if key in groups:
             valid = _options(key)
             for v in values:
@@ -134,6 +136,28 @@ def validate_config(cfg: DictConfig) -> None:
     check_scheduler(cfg.get("scheduler"))
     check_diagnostics(cfg.get("diagnostics"))
     check_penalty(cfg.loss.get("penalty"))
+    check_replicas(cfg.get("replicas"))
+
+
+def check_replicas(node) -> None:
+    """The ``replicas`` node of train.yaml (gradflow_exp/replicas.py): lists or null."""
+    if node is None:
+        return
+    if not isinstance(node, DictConfig):
+        raise ValueError(f"replicas must hold lists (replicas.seeds=[0,1,2], replicas.lr=[...]), got {node!r}")
+    for key in ("seeds", "lr", "C", "lam"):
+        v = node.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, ListConfig) or not len(v):
+            raise ValueError(f"replicas.{key} must be a non-empty list such as [0,1,2], or null, got {v!r}")
+        if key == "seeds":
+            for s in v:
+                _check_int(s, "replicas.seeds entries", 0, "non-negative integers")
+        elif not all(_is_number(x) and math.isfinite(x) for x in v):
+            raise ValueError(f"replicas.{key} must be a list of numbers, got {list(v)!r}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"replicas.{key} repeats a value: {list(v)!r}")
 
 
 def check_scheduler(s) -> None:
@@ -269,6 +293,10 @@ def expand_resume(args: list[str]) -> list[str]:
         overrides = [str(o) for o in OmegaConf.load(saved)]
     except Exception as e:  # noqa: BLE001
         fail(f"resume={run_dir}: cannot read {saved}: {e}")
+    if any(o.split("=", 1)[0].lstrip("+~").startswith("replicas.") and not o.endswith("=null") for o in overrides):
+        fail(f"resume={run_dir}: a replica batch (replicas.*) does not resume from checkpoints; run its "
+             f"command again with hydra.run.dir={run_dir}: finished replicas are skipped, the others start "
+             "again from epoch 0")
     rest = [a for a in args if not a.startswith(("resume=", "hydra.run.dir="))]
     # hydra.mode=RUN: a job of a sweep (hparams_search sets MULTIRUN) resumes as itself.
     return overrides + rest + [f"hydra.run.dir={run_dir}", "hydra.mode=RUN"]

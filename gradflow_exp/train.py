@@ -34,6 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from gradflow_exp import replicas
 from gradflow_exp.cli import CONF_DIR, preflight, validate_config
 from gradflow_exp.data import build_dataset
 from gradflow_exp.losses import build_training_loss
@@ -210,6 +211,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     A ``run_dir`` that already holds this run (same config): finished → skipped, its
     summary returned; unfinished with a checkpoint → resumed from it.
     """
+    if replicas.requested(cfg):
+        # several seeds / hyperparameter values as one batch in this process (gradflow_exp/replicas.py)
+        try:
+            batch = replicas.prepare(cfg, run_dir, build, fingerprint)
+        except (ValueError, TypeError, hydra.errors.InstantiationException) as e:
+            raise ConfigError(_short(e)) from None
+        return batch.run()
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # noqa: BLE001 - a bad interpolation
@@ -329,7 +337,7 @@ def hydra_main(cfg: DictConfig) -> float:
     except ConfigError as e:
         # Bad input: one line, no traceback, nothing trained. A fresh run directory says
         # so; one that holds a run keeps its files.
-        if not (run_dir / "summary.json").exists():
+        if not (run_dir / "summary.json").exists() and not any(run_dir.glob("*/summary.json")):   # nor replicas
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / "summary.json", {"status": "failed", "error": str(e), "run_dir": str(run_dir)})
         print(f"error: {e}", file=sys.stderr)

@@ -19,3 +19,17 @@ def test_bench_writes_ratios_and_targets(tmp_path, capsys):
 
 def test_bench_rejects_unknown_method():
     assert main(["--methods", "sgd,savv"]) == 2
+
+
+def test_bench_replicas_reports_a_speedup(tmp_path, capsys):
+    import math
+
+    out = tmp_path / "bench.json"
+    assert main(["--problems", "fig7", "--methods", "sgd", "--repeats", "1", "--steps", "2", "--threads", "1",
+                 "--runner-epochs", "0", "--replicas", "2", "--replica-epochs", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["replicas"]["fig7"]
+    assert set(res) == {"sgd", "sav"}
+    for r in res.values():          # timing only: no assertion on the speedup's size
+        assert r["R"] == 2 and r["singles_s"] > 0 and r["batch_s"] > 0 and math.isfinite(r["speedup"])
+    assert "replica batch vs single runs one after another" in capsys.readouterr().out
+    assert main(["--replicas", "2", "--replica-methods", "adam"]) == 2

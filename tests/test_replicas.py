@@ -1,0 +1,162 @@
+"""Replica mode (gradflow_exp/replicas.py): R seeds, or R values of Δt, in one process.
+
+Each replica must follow its single run `... seed=S`: same data, initialisation and batch
+order, same update formulas. Not bit for bit: the batched closed-form gradient (bmm, a
+row-wise reduction for the loss) may sum in another order than the single run's mm and
+dot, which moves the last bit now and then; over these few epochs the metrics agree to
+~1e-15 relative, checked at rtol 1e-9.
+"""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from helpers import SMALL, cli, compose_cfg
+
+SMALL_FIG7 = ["experiment=fig7", "dataset.M=500", "model.width=20", "trainer.epochs=3", "trainer.log_every=1"]
+SMALL_FIG2 = ["experiment=fig2", "dataset.M=500", "model.width=20", "trainer.epochs=3", "trainer.log_every=1"]
+CASES = {
+    "sgd-fig7": SMALL_FIG7 + ["optimizer=sgd"],
+    "sav-fig7": SMALL_FIG7 + ["optimizer=sav"],          # restart=epoch (conf/method/fig7/sav.yaml)
+    "sgd-fig2": SMALL_FIG2 + ["optimizer=sgd"],          # time_scale=particle: K = m/2
+    "sav-fig2": SMALL_FIG2 + ["optimizer=sav"],
+    "ressav-fig7": SMALL_FIG7 + ["optimizer=ressav"],
+    # tanh: no hand-written gradient, so the replicas take the torch.func.vmap(grad) path
+    "sav-fig7-vmap": SMALL_FIG7 + ["optimizer=sav", "model.activation=tanh"],
+}
+RTOL = 1e-9
+
+
+def _run(overrides, run_dir):
+    from gradflow_exp.train import run
+
+    return run(compose_cfg(SMALL + list(overrides)), run_dir)
+
+
+def _metrics(run_dir):
+    return pd.read_csv(run_dir / "metrics.csv")
+
+
+def assert_same_trajectory(replica_dir, single_dir):
+    a, b = _metrics(replica_dir), _metrics(single_dir)
+    assert list(a.columns) == list(b.columns)
+    assert list(a.epoch) == list(b.epoch) and list(a.step) == list(b.step)
+    for col in a.columns.drop(["epoch", "step", "wall_time"]):
+        np.testing.assert_allclose(a[col], b[col], rtol=RTOL, atol=0, err_msg=col)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_replica_follows_its_single_run(case, tmp_path):
+    overrides = CASES[case]
+    if case.startswith("sav"):
+        assert compose_cfg(SMALL + overrides).optimizer.restart == "epoch"
+    batch = _run(overrides + ["replicas.seeds=[0,1,2]"], tmp_path / "batch")
+    assert batch["status"] == "completed" and sorted(batch["replicas"]) == ["seed_0", "seed_1", "seed_2"]
+    for seed in (0, 1, 2):
+        single = _run(overrides + [f"seed={seed}"], tmp_path / f"single_{seed}")
+        rep_dir = tmp_path / "batch" / f"seed_{seed}"
+        assert_same_trajectory(rep_dir, tmp_path / f"single_{seed}")
+        rep = json.loads((rep_dir / "summary.json").read_text())
+        assert rep["status"] == "completed" and rep["steps"] == single["steps"]
+        # the replica's config is its single run's: same fingerprint, seed S, no replicas
+        assert rep["fingerprint"] == single["fingerprint"]
+        saved = yaml.safe_load((rep_dir / ".hydra" / "config.yaml").read_text())
+        assert saved["seed"] == seed and all(v is None for v in saved["replicas"].values())
+        # final checkpoint: the single run's parameters (and SAV's r), to rounding
+        a = torch.load(rep_dir / "checkpoint.pt", weights_only=False)
+        b = torch.load(tmp_path / f"single_{seed}" / "checkpoint.pt", weights_only=False)
+        for name, p in b["model"].items():
+            torch.testing.assert_close(a["model"][name], p, rtol=RTOL, atol=1e-15)
+        r_a = [st.get("r") for st in a["optimizer"]["state"].values() if "r" in st]
+        r_b = [st.get("r") for st in b["optimizer"]["state"].values() if "r" in st]
+        assert len(r_a) == len(r_b) and all(abs(float(x) - float(y)) <= RTOL * abs(float(y))
+                                            for x, y in zip(r_a, r_b))
+        assert torch.equal(a["data_rng"], b["data_rng"]) and torch.equal(a["torch_rng"], b["torch_rng"])
+
+
+def test_diverging_replica_is_marked_while_the_others_complete(tmp_path):
+    from gradflow_exp.report.load import load_runs
+    from gradflow_exp.train import objective
+
+    overrides = SMALL_FIG7 + ["optimizer=sgd", "replicas.seeds=[0,1]", "replicas.lr=[0.01,10.0]"]
+    batch = _run(overrides, tmp_path / "batch")
+    status = {name: s["status"] for name, s in batch["replicas"].items()}
+    assert status == {"seed_0-lr_0.01": "completed", "seed_0-lr_10.0": "diverged",
+                      "seed_1-lr_0.01": "completed", "seed_1-lr_10.0": "diverged"}
+    assert batch["status"] == "diverged" and objective(batch) == float("inf")
+    # both kinds of replica still equal their single runs (the diverged one: its rows up to
+    # the epoch it diverged, where the single run stopped too)
+    for seed in (0, 1):
+        for lr in ("0.01", "10.0"):
+            single = _run(SMALL_FIG7 + ["optimizer=sgd", f"seed={seed}", f"optimizer.lr={lr}"],
+                          tmp_path / f"single_{seed}_{lr}")
+            rep = json.loads((tmp_path / "batch" / f"seed_{seed}-lr_{lr}" / "summary.json").read_text())
+            assert rep["status"] == single["status"] and rep["epochs_completed"] == single["epochs_completed"]
+            a, b = _metrics(tmp_path / "batch" / f"seed_{seed}-lr_{lr}"), _metrics(tmp_path / f"single_{seed}_{lr}")
+            cols = ["train_mse", "test_rel_error", "lr"]
+            np.testing.assert_allclose(a[cols], b[cols], rtol=RTOL, atol=0)
+    # the report reads the batch as two methods (the Δt values) with two seeds each
+    df = load_runs([tmp_path / "batch"])
+    runs = df.drop_duplicates("run_dir")
+    assert sorted(runs.method.unique()) == ["sgd lr=0.01", "sgd lr=10"]
+    assert sorted(runs.seed) == [0, 0, 1, 1]
+    assert set(runs[runs.method == "sgd lr=10"].status) == {"diverged"}
+
+
+def test_report_reads_replicas_as_seeds_and_a_rerun_skips_them(tmp_path):
+    from gradflow_exp.report.load import load_runs
+
+    overrides = SMALL_FIG7 + ["optimizer=sav", "replicas.seeds=[0,1,2]"]
+    first = _run(overrides, tmp_path / "batch")
+    df = load_runs([tmp_path / "batch"])
+    runs = df.drop_duplicates("run_dir")
+    assert list(runs.method.unique()) == ["sav"] and sorted(runs.seed) == [0, 1, 2]
+    assert set(runs.status) == {"completed"} and "energy" in df.columns
+    mtime = (tmp_path / "batch" / "seed_1" / "metrics.csv").stat().st_mtime_ns
+    again = _run(overrides, tmp_path / "batch")      # finished replicas are skipped
+    assert again["replicas"] == first["replicas"]
+    assert (tmp_path / "batch" / "seed_1" / "metrics.csv").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["optimizer=adam"], "optimizer Adam is not supported in replica mode"),
+    (["optimizer=momentum"], "SGD with momentum"),
+    (["optimizer=spm_sav"], "SPM is not supported in replica mode"),
+    (["optimizer=sav", "scheduler=cosine"], "scheduler=cosine is not supported in replica mode"),
+    (["diagnostics.grad_noise.every=1"], "diagnostics"),
+    (["optimizer=sgd", "replicas.C=[1,2]"], "SGD has no hyperparameter C"),
+])
+def test_unsupported_is_refused_before_training(extra, message, tmp_path):
+    from gradflow_exp.train import ConfigError, run
+
+    cfg = compose_cfg(SMALL + SMALL_FIG7 + ["replicas.seeds=[0,1]"] + extra)
+    with pytest.raises(ConfigError) as e:
+        run(cfg, tmp_path / "run")
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_command_line_refusals_are_one_line(tmp_path):
+    r = cli(*SMALL, *SMALL_FIG7, "optimizer=adam", "replicas.seeds=[0,1]", f"hydra.run.dir={tmp_path}/run",
+            cwd=tmp_path)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert lines[-1].startswith("error: replicas: optimizer Adam is not supported"), r.stderr
+
+
+def test_bad_replica_values_and_resume_are_refused(tmp_path):
+    from gradflow_exp.cli import expand_resume, validate_config
+
+    for bad, message in [("replicas.seeds=[0,0]", "repeats a value"), ("replicas.seeds=3", "non-empty list"),
+                         ("replicas.lr=[0.1,x]", "list of numbers")]:
+        with pytest.raises(ValueError, match=message):
+            validate_config(compose_cfg(SMALL + [bad]))
+    run_dir = tmp_path / "batch"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- experiment=fig7\n- replicas.seeds=[0,1,2]\n")
+    with pytest.raises(SystemExit) as e:
+        expand_resume([f"resume={run_dir}"])
+    assert e.value.code == 2
