@@ -119,15 +119,25 @@ def dot(xs, ys, host: bool = False) -> torch.Tensor | float:
     else:
         parts = [(x * y).sum(dtype=F64) for x, y in zip(xs, ys)]
     if host:
-        return math.fsum(p.item() for p in parts)
+        return _fsum([p.item() for p in parts])
     return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
 
 
 def sqnorm(xs, host: bool = False) -> torch.Tensor | float:
     """Σ_i ‖x_i‖² = dot(xs, xs); in float64 on the host path with one foreach kernel."""
     if host and xs and xs[0].dtype == F64:
-        return math.fsum(n.item() ** 2 for n in torch._foreach_norm(xs))
+        return _fsum([n * n for n in (t.item() for t in torch._foreach_norm(xs))])
     return dot(xs, xs, host)
+
+
+def _fsum(values: list[float]) -> float:
+    """math.fsum, but inf or nan, as a tensor sum gives, where a diverging run overflows:
+    fsum raises on an intermediate overflow and on inf − inf (and x ** 2 raises past 1e154,
+    hence n * n above), which would end the run 'failed' instead of 'diverged'."""
+    try:
+        return math.fsum(values)
+    except (OverflowError, ValueError):
+        return sum(values)
 
 
 def to_dtype(t, like: torch.Tensor):

@@ -67,3 +67,18 @@ def test_cuda_takes_the_cpu_steps(name):
             opt.step(closure_for(model, xb, yb))
         out[device] = flat(model).cpu()
     torch.testing.assert_close(out["cpu"], out["cuda"], rtol=1e-9, atol=1e-12)
+
+
+def test_host_sums_overflow_to_inf_and_nan_as_tensors_do():
+    """A diverging run's huge gradients give inf/nan on the float path, never an exception
+    (which would end the run 'failed' instead of 'diverged')."""
+    from gradflow_exp.optim.base import dot, sqnorm
+
+    big = [torch.tensor([1e200, 1.0], dtype=torch.float64), torch.tensor([1e300], dtype=torch.float64)]
+    assert sqnorm(big, host=True) == math.inf == float(sqnorm(big))
+    assert dot([torch.tensor([1e308, 1e308], dtype=torch.float64)], [torch.tensor([1.0, 1.0], dtype=torch.float64)],
+               host=True) == math.inf
+    inf_minus_inf = ([torch.tensor([1e300], dtype=torch.float64), torch.tensor([1e300], dtype=torch.float64)],
+                     [torch.tensor([1e300], dtype=torch.float64), torch.tensor([-1e300], dtype=torch.float64)])
+    assert math.isnan(dot(*inf_minus_inf, host=True)) and torch.isnan(dot(*inf_minus_inf))
+
