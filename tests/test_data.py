@@ -96,3 +96,14 @@ def test_mnist_default_is_the_shipped_real_subset():
     # all ten digits, roughly balanced in both splits (the subset is sorted by label on disk)
     assert torch.bincount(d.y_train, minlength=10).min() > 300
     assert torch.bincount(d.y_test, minlength=10).min() > 60
+
+
+def test_mnist_subsample_beyond_the_subset_warns(caplog):
+    """eval_mnist asks for 8000/2000 images; the offline subset has 4000/1000: all are used,
+    and the log says so instead of silently training on half."""
+    cfg = OmegaConf.create({"name": "mnist", "root": None, "subsample_train": 8000, "subsample_test": 500})
+    with caplog.at_level("WARNING", logger="gradflow_exp"):
+        d = build_dataset(cfg, 0)
+    assert d.x_train.shape[0] == 4000 and d.x_test.shape[0] == 500
+    assert "subsample_train=8000 but there are only 4000 training images" in caplog.text
+    assert "subsample_test" not in caplog.text

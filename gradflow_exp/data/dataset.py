@@ -1,11 +1,14 @@
 """Build a `Dataset` from the `dataset` config node."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from gradflow_exp.data import mnist, synthetic
+
+log = logging.getLogger("gradflow_exp")
 
 
 @dataclass
@@ -46,10 +49,8 @@ def build_dataset(cfg, seed: int) -> Dataset:
         return Dataset(x_tr, y_tr.unsqueeze(-1), x_te, y_te.unsqueeze(-1), "regression", 1)
     if name == "mnist":
         (x_tr, y_tr), (x_te, y_te) = mnist.load(cfg.get("root"), seed=seed, train_fraction=frac)
-        if cfg.get("subsample_train"):
-            x_tr, y_tr = x_tr[: int(cfg.subsample_train)], y_tr[: int(cfg.subsample_train)]
-        if cfg.get("subsample_test"):
-            x_te, y_te = x_te[: int(cfg.subsample_test)], y_te[: int(cfg.subsample_test)]
+        x_tr, y_tr = _subsample(x_tr, y_tr, cfg.get("subsample_train"), "subsample_train", "training")
+        x_te, y_te = _subsample(x_te, y_te, cfg.get("subsample_test"), "subsample_test", "test")
         if cfg.get("zscore", False):
             x_tr, x_te = _zscore(x_tr, x_te)
         return Dataset(x_tr, y_tr, x_te, y_te, "classification", 10)
@@ -69,3 +70,14 @@ def _zscore(x_train, x_test):
     mean = x_train.mean(0, keepdim=True)
     std = x_train.std(0, keepdim=True).clamp_min(1e-12)
     return (x_train - mean) / std, (x_test - mean) / std
+
+
+def _subsample(x, y, n, key: str, which: str):
+    """The first n rows; asking for more than there are (eval_mnist's 8000 on the 5000-digit
+    offline subset) keeps them all and says so."""
+    if not n:
+        return x, y
+    if int(n) > x.shape[0]:
+        log.warning("dataset.%s=%d but there are only %d %s images; using all %d",
+                    key, int(n), x.shape[0], which, x.shape[0])
+    return x[: int(n)], y[: int(n)]
