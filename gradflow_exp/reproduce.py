@@ -1,9 +1,11 @@
 """``gradflow-reproduce FIG [--epochs N] [--seeds 0,1,2] [--out DIR] [OVERRIDE ...]``
 
 Runs an experiment's whole method set over seeds (one Hydra multirun of
-``experiment=FIG``, whose ``hydra.sweeper.params`` name the paper's methods), then draws
-its figure and tables with gradflow-report. ``--epochs`` shortens it for a quick look;
-extra ``key=value`` arguments go to every job (e.g. ``logger=none threads=1``).
+``experiment=FIG``, whose ``hydra.sweeper.params`` name the paper's methods) and the
+reference curves its ``references`` name (one more multirun each, into
+``<out>/reference_<i>``), then draws its figure and tables with gradflow-report.
+``--epochs`` shortens it for a quick look; extra ``key=value`` arguments go to every job,
+references included (e.g. ``logger=none threads=1``).
 """
 from __future__ import annotations
 
@@ -43,19 +45,41 @@ def main(argv=None) -> int:
         print("gradflow-reproduce: error: --epochs must be positive", file=sys.stderr)
         return 2
     out = args.out or Path("outputs") / args.experiment / "reproduce" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    cmd = [sys.executable, "-m", "gradflow_exp.train", "-m", f"experiment={args.experiment}",
-           "seed=" + ",".join(map(str, seeds)), f"hydra.sweep.dir={out}", *args.overrides]
-    if args.epochs is not None:
-        cmd.append(f"trainer.epochs={args.epochs}")
-    print("running:", " ".join(cmd[1:]), flush=True)
-    rc = subprocess.call(cmd)
-    if rc != 0:
-        print(f"gradflow-reproduce: the sweep exited with code {rc}; reporting what it wrote", file=sys.stderr)
+    sweeps = [([], out)] + [(ref.split(), out / f"reference_{i}")
+                            for i, ref in enumerate(references(args.experiment, args.overrides))]
+    rc = 0
+    for extra, sweep_dir in sweeps:
+        # command-line overrides win over the experiment's hydra.sweeper.params, so a
+        # reference's optimizer=... replaces the swept method set for its own sweep
+        cmd = [sys.executable, "-m", "gradflow_exp.train", "-m", f"experiment={args.experiment}", *extra,
+               "seed=" + ",".join(map(str, seeds)), f"hydra.sweep.dir={sweep_dir}", *args.overrides]
+        if args.epochs is not None:
+            cmd.append(f"trainer.epochs={args.epochs}")
+        print("running:", " ".join(cmd[1:]), flush=True)
+        code = subprocess.call(cmd)
+        if code != 0:
+            print(f"gradflow-reproduce: a sweep exited with code {code}; reporting what it wrote", file=sys.stderr)
+            rc = rc or code
     if not out.exists():
         return rc or 1
     from gradflow_exp.report.cli import main as report_main
 
     return report_main([str(out)]) or rc
+
+
+def references(experiment: str, overrides: list[str]) -> list[str]:
+    """The experiment's ``references`` (lines of overrides), read by composing its config;
+    sweep syntax among the user's overrides cannot compose, so then the experiment alone."""
+    from hydra import compose, initialize_config_dir
+
+    for extra in (overrides, []):
+        try:
+            with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+                cfg = compose("train", overrides=[f"experiment={experiment}", *extra])
+            return [str(r) for r in cfg.get("references") or []]
+        except Exception:  # noqa: BLE001 - the sweep itself reports bad overrides
+            continue
+    return []
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ FINISHED = ("completed", "diverged")      # a job with this status is not run ag
 # Keys that change how a run is logged, checkpointed or scheduled, not what it computes:
 # a run may be resumed with different values of these.
 NOT_IDENTITY = ("trainer.progress", "trainer.checkpoint", "trainer.checkpoint_every", "threads",
-                "hparams_objective", "logger")
+                "hparams_objective", "logger", "references")
 # Keys added to the config after runs already existed, and the test for the value that
 # means "off" (the behaviour from before the key). At that value a key is left out of the
 # identity, so a run started before the key existed still resumes. A new key goes here.

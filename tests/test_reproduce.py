@@ -21,3 +21,23 @@ def test_reproduce_unknown_experiment(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gradflow_exp.reproduce", "fig99"], capture_output=True,
                        text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and "valid: " in r.stderr and "fig7" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reproduce_runs_the_reference_curves(tmp_path):
+    """fig8's reference Euler(Δt = 0.01) runs beside the SPM sweep (Δt 0.4, 1) and is drawn with it."""
+    import json
+
+    import yaml
+
+    out = tmp_path / "sweep"
+    r = subprocess.run([sys.executable, "-m", "gradflow_exp.reproduce", "fig8", "--epochs", "1", "--seeds", "0",
+                        "--out", str(out), "logger=none", "dataset.M=300", "trainer.progress=false"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ref_runs = [p for p in (out / "reference_0").iterdir() if p.is_dir() and p.name.isdigit()]
+    assert len(ref_runs) == 1           # one seed, one reference: not crossed with the sweep's params
+    cfg = yaml.safe_load((ref_runs[0] / ".hydra" / "config.yaml").read_text())
+    assert cfg["optimizer"]["_target_"] == "torch.optim.SGD" and cfg["optimizer"]["lr"] == 0.01
+    assert json.loads((ref_runs[0] / "summary.json").read_text())["status"] == "completed"
+    table = pd.read_csv(out / "report" / "summary.csv")
+    assert len(table) == 9 and "sgd" in set(table.method)     # 4 SPM methods × 2 Δt, and the reference

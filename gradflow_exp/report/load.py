@@ -23,7 +23,8 @@ SKIP_DIRS = {".hydra", "wandb", "__pycache__"}
 NOT_METHOD_KEYS = {"seed", "device", "threads", "trainer.progress", "trainer.checkpoint",
                    "trainer.eval_chunk", "trainer.log_every", "trainer.checkpoint_every", "trainer.epochs",
                    "trainer.collapse_q", "hparams_objective", "resume"}
-NOT_METHOD_PREFIXES = ("logger.", "hydra.", "diagnostics.")   # diagnostics only add columns
+# diagnostics only add columns; a replica's own values are in its optimizer.* and seed keys
+NOT_METHOD_PREFIXES = ("logger.", "hydra.", "diagnostics.", "replicas.", "references")
 RUN_COLUMNS = ["run_dir", "experiment", "method", "optimizer", "seed", "status",
                "epochs_completed", "run_wall_time", "error", "flags"]
 
