@@ -526,9 +526,9 @@ class Batch:
             shutil.copyfile(self.run_dir / ".hydra" / "hydra.yaml", hydra_dir / "hydra.yaml")
 
 
-def prepare(cfg: DictConfig, run_dir: Path, build, fingerprint) -> Batch:
-    """Validate and build every replica (``build``, ``fingerprint``: train.py's, which this
-    module does not import); ValueError/TypeError on bad input, before any file is written.
+def prepare(cfg: DictConfig, run_dir: Path, build, fingerprint, same_run) -> Batch:
+    """Validate and build every replica (``build``, ``fingerprint``, ``same_run``: train.py's,
+    which this module does not import); ValueError/TypeError on bad input, before any file is written.
 
     A replica whose directory already holds its finished run is skipped (its summary kept);
     one holding an unfinished run starts again from epoch 0 (no resuming in replica mode)."""
@@ -553,7 +553,7 @@ def prepare(cfg: DictConfig, run_dir: Path, build, fingerprint) -> Batch:
         rep.overrides = _replica_overrides(parent_overrides, rep)
         rep.cfg_name = ",".join(sorted(rep.overrides)) or "default"
         previous = read_json(rep.dir / "summary.json")
-        if previous.get("fingerprint", rep.fingerprint) != rep.fingerprint:
+        if not same_run(previous.get("fingerprint"), rep.resolved):
             raise ValueError(f"{rep.dir} already holds a run of another configuration; use a new hydra.run.dir")
         if previous.get("status") in FINISHED:
             log.info("%s: already %s; skipping it", rep.dir, previous["status"])

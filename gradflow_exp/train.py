@@ -214,7 +214,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if replicas.requested(cfg):
         # several seeds / hyperparameter values as one batch in this process (gradflow_exp/replicas.py)
         try:
-            batch = replicas.prepare(cfg, run_dir, build, fingerprint)
+            batch = replicas.prepare(cfg, run_dir, build, fingerprint, same_run)
         except (ValueError, TypeError, hydra.errors.InstantiationException) as e:
             raise ConfigError(_short(e)) from None
         return batch.run()
