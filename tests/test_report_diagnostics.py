@@ -51,3 +51,4 @@ def test_symlog_axis_over_many_decades_has_few_ticks():
     ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
     plt.close(fig)
     assert ax.get_yscale() == "symlog" and 3 <= len(ticks) <= SYMLOG_TICKS + 1
+    assert 0 in ticks and min(abs(t) for t in ticks if t != 0) > 1.5e-10   # none overprinting 0

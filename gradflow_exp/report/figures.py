@@ -22,7 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator, SymmetricalLogLocator  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    FixedLocator, FuncFormatter, MaxNLocator, NullLocator, SymmetricalLogLocator,
+)
 
 # (column or derived name, panel title, y scale); a panel appears only when its data exists.
 PANELS = [
@@ -110,7 +112,11 @@ def _set_scale(ax, scale: str, values: np.ndarray) -> None:
             # of both signs: at most SYMLOG_TICKS, striding over decades.
             locator = SymmetricalLogLocator(linthresh=linthresh, base=10)
             locator.set_params(numticks=SYMLOG_TICKS)
-            ax.yaxis.set_major_locator(locator)
+            finite = values[np.isfinite(values)]
+            # ±linthresh sit half a decade from 0 on the axis: their labels overprint 0's
+            ticks = [t for t in locator.tick_values(finite.min(), finite.max())
+                     if t == 0 or abs(t) > 1.5 * linthresh] if finite.size else []
+            ax.yaxis.set_major_locator(FixedLocator(ticks) if len(ticks) >= 2 else locator)
             ax.yaxis.set_minor_locator(NullLocator())
     elif scale == "log":
         ax.set_yscale("log")
