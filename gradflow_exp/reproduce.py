@@ -4,8 +4,8 @@ Runs an experiment's whole method set over seeds (one Hydra multirun of
 ``experiment=FIG``, whose ``hydra.sweeper.params`` name the paper's methods) and the
 reference curves its ``references`` name (one more multirun each, into
 ``<out>/reference_<i>``), then draws its figure and tables with gradflow-report.
-``--epochs`` shortens it for a quick look; extra ``key=value`` arguments go to every job,
-references included (e.g. ``logger=none threads=1``).
+``--epochs`` shortens it for a quick look; extra ``key=value`` arguments go to every job
+(e.g. ``logger=none threads=1``), references included, where the reference's own keys win.
 """
 from __future__ import annotations
 
@@ -49,10 +49,12 @@ def main(argv=None) -> int:
                             for i, ref in enumerate(references(args.experiment, args.overrides))]
     rc = 0
     for extra, sweep_dir in sweeps:
-        # command-line overrides win over the experiment's hydra.sweeper.params, so a
-        # reference's optimizer=... replaces the swept method set for its own sweep
-        cmd = [sys.executable, "-m", "gradflow_exp.train", "-m", f"experiment={args.experiment}", *extra,
-               "seed=" + ",".join(map(str, seeds)), f"hydra.sweep.dir={sweep_dir}", *args.overrides]
+        # Command-line overrides win over the experiment's hydra.sweeper.params, so a
+        # reference's optimizer=... replaces the swept method set for its own sweep; the last
+        # of two overrides wins, so the reference's own keys win over the user's (an
+        # optimizer.lr=1 for the methods leaves Euler(0.01) at 0.01).
+        cmd = [sys.executable, "-m", "gradflow_exp.train", "-m", f"experiment={args.experiment}",
+               "seed=" + ",".join(map(str, seeds)), f"hydra.sweep.dir={sweep_dir}", *args.overrides, *extra]
         if args.epochs is not None:
             cmd.append(f"trainer.epochs={args.epochs}")
         print("running:", " ".join(cmd[1:]), flush=True)
