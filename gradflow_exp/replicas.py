@@ -70,7 +70,7 @@ from gradflow_exp.losses import MSELoss
 from gradflow_exp.loop import LoopConfig, _finite_row, _summary, evaluate
 from gradflow_exp.models import TwoLayerNet
 from gradflow_exp.optim import SAV, BatchClosure, ResSAV
-from gradflow_exp.sinks import CSVSink, WandbSink, read_json, save_checkpoint, write_json
+from gradflow_exp.sinks import CSVSink, WandbSink, device_name, read_json, save_checkpoint, write_json
 
 log = logging.getLogger("gradflow_exp")
 
@@ -511,7 +511,7 @@ class Batch:
     def _base(self, rep: Replica, device) -> dict:
         names = [r.name for r in self.replicas]
         return {"run_dir": str(rep.dir), "name": rep.cfg_name, "fingerprint": rep.fingerprint,
-                "device": f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type,
+                "device": device_name(device),
                 "replica": {"batch_dir": str(self.run_dir), "index": names.index(rep.name), "of": len(names)}}
 
     def _write_hydra_dir(self, rep: Replica) -> None:

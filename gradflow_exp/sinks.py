@@ -37,6 +37,12 @@ def atomic_write_bytes(path: Path, write) -> None:
         raise
 
 
+def device_name(device: torch.device) -> str:
+    """Where a run computed, for summary.json (device=auto resolves here): "cpu" or
+    "cuda (<GPU name>)"."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+
+
 def write_json(path: Path, obj) -> None:
     data = json.dumps(obj, indent=2, default=_jsonable, allow_nan=True).encode()
     atomic_write_bytes(path, lambda f: f.write(data))

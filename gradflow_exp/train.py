@@ -40,7 +40,7 @@ from gradflow_exp.data import build_dataset
 from gradflow_exp.losses import build_training_loss
 from gradflow_exp.loop import LoopConfig, train
 from gradflow_exp.optim import IEQ, build_optimizer, resolve_time_scale
-from gradflow_exp.sinks import CSVSink, WandbSink, read_json, save_checkpoint, write_json
+from gradflow_exp.sinks import CSVSink, WandbSink, device_name, read_json, save_checkpoint, write_json
 
 log = logging.getLogger("gradflow_exp")
 
@@ -242,7 +242,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     for tmp in run_dir.glob(".checkpoint.pt.*"):     # left by a kill during an atomic write
         tmp.unlink(missing_ok=True)
     base = {"run_dir": str(run_dir), "name": run_name(), "fingerprint": fp,
-            "device": _device_name(next(model.parameters()).device)}
+            "device": device_name(next(model.parameters()).device)}
     # Until it ends, summary.json says the run is unfinished: a killed run is never taken
     # for a complete one, and a restart knows to resume it.
     write_json(run_dir / "summary.json", {"status": "running", **base,
@@ -300,11 +300,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     for flag in summary["flags"]:
         log.warning(flag)
     return summary
-
-
-def _device_name(device: torch.device) -> str:
-    """Where the run computed (device=auto resolves here): "cpu" or "cuda (<GPU name>)"."""
-    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
 def _load_checkpoint(path: Path) -> dict | None:

@@ -112,7 +112,6 @@ def _set_scale(ax, scale: str, values: np.ndarray) -> None:
             # of both signs: at most SYMLOG_TICKS, striding over decades.
             locator = SymmetricalLogLocator(linthresh=linthresh, base=10)
             locator.set_params(numticks=SYMLOG_TICKS)
-            finite = values[np.isfinite(values)]
             # ±linthresh sit half a decade from 0 on the axis: their labels overprint 0's
             ticks = [t for t in locator.tick_values(finite.min(), finite.max())
                      if t == 0 or abs(t) > 1.5 * linthresh] if finite.size else []
