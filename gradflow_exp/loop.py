@@ -215,6 +215,25 @@ def _finite_row(row: dict) -> bool:
     return all(math.isfinite(row[k]) for k in ERROR_METRICS if k in row)
 
 
+# A run whose q sits above collapse_q can still be frozen (fig6's RelSAV at λ = 4: q = 0.013,
+# train error 0.3052 → 0.3046 over 10 epochs). Runs that train have either q near 1 or, with
+# SAV's restart=epoch, q ≈ 0.05–0.2 at epoch ends while the error keeps falling, so a low q
+# counts as stalled only together with no progress.
+STALL_Q = 0.1
+STALL_GAIN = 0.01
+
+
+def _no_progress(rows) -> bool:
+    """The train error at the end is within STALL_GAIN of its value at the run's midpoint."""
+    key = "train_rel_error" if any("train_rel_error" in r for r in rows) else "train_loss"
+    pts = [(r["epoch"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
+    if len(pts) < 3:
+        return False
+    end_epoch, end = pts[-1]
+    mid = next(v for e, v in pts if e >= end_epoch / 2)
+    return end >= (1 - STALL_GAIN) * mid
+
+
 def _summary(rows, status, error, steps, epochs, wall, cfg: LoopConfig) -> dict:
     final = dict(rows[-1]) if rows else {}
     best = {}
@@ -231,5 +250,8 @@ def _summary(rows, status, error, steps, epochs, wall, cfg: LoopConfig) -> dict:
     if q is not None and math.isfinite(q) and q < cfg.collapse_q:
         flags.append(f"aux_collapsed: q = r/r̂ = {q:.3g} < {cfg.collapse_q} at the end "
                      "(the auxiliary variable no longer tracks the loss; steps are tiny)")
+    elif q is not None and math.isfinite(q) and q < STALL_Q and _no_progress(rows):
+        flags.append(f"stalled: q = r/r̂ = {q:.3g} at the end and the train error fell by less "
+                     f"than {STALL_GAIN:.0%} over the second half of the run (steps shrunk by r, not converged)")
     return {"status": status, "error": error, "epochs_completed": epochs, "epochs_planned": cfg.epochs,
             "steps": steps, "wall_time": wall, "final": final, "best": best, "flags": flags}

@@ -157,3 +157,19 @@ def test_every_method_family_trains_through_the_runner(method, run_inprocess):
     assert summary["status"] == "completed"
     m = pd.read_csv(run_dir / "metrics.csv")
     assert "energy" in m.columns and m.train_mse.iloc[-1] < m.train_mse.iloc[0]
+
+
+@pytest.mark.parametrize("curve, q, stalled", [
+    ([0.9999, 0.3052, 0.3046], 0.0128, True),     # fig6 RelSAV λ=4, 20 epochs: frozen above collapse_q
+    ([1.0, 1.2e-4, 6.4e-5], 0.0857, False),       # fig7 SAV restart=epoch: low q at epoch ends, still training
+    ([1.0, 1e-31, 1.1e-31], 1.0, False),          # fig2 SAV at float64's floor: no progress left, q = 1
+    ([1.0, 0.31], 0.02, False),                   # too few rows to say
+])
+def test_stalled_flag_needs_low_q_and_no_progress(curve, q, stalled):
+    from gradflow_exp.loop import LoopConfig, _summary
+    epochs = 20
+    rows = [{"epoch": round(i * epochs / (len(curve) - 1)), "train_rel_error": e, "q": q}
+            for i, e in enumerate(curve)]
+    flags = _summary(rows, "completed", None, 1, epochs, 1.0, LoopConfig(epochs=epochs))["flags"]
+    assert any(f.startswith("stalled") for f in flags) == stalled
+    assert not any(f.startswith("aux_collapsed") for f in flags)      # all above collapse_q = 0.01
