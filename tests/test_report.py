@@ -239,3 +239,23 @@ def test_real_tiny_multirun(tmp_path, capsys):
     assert sig[["method_a", "method_b", "n_pairs", "test"]].values.tolist() == [["sgd", "adam", 2, "paired t"]]
     assert (out / "fig7_curves.png").is_file() and (out / "fig7_curves.pdf").is_file()
     assert "| fig7 | sgd | 2 | 2 completed |" in capsys.readouterr().out
+
+
+def test_until_compares_runs_of_different_lengths_at_one_epoch(tmp_path, capsys):
+    """--until: a 10-epoch run and an interrupted 6-epoch run compared at epoch 4; a run that
+    diverged at epoch 2 stays diverged."""
+    long = make_run(tmp_path / "r" / "0", seed=0, test=[1.0 / (e + 1) for e in range(11)])
+    cut = make_run(tmp_path / "r" / "1", seed=1, test=[2.0 / (e + 1) for e in range(7)], status="interrupted")
+    make_run(tmp_path / "r" / "2", optimizer="sav", seed=0, test=(1.0, 0.5, float("nan")), status="diverged")
+    out = tmp_path / "rep"
+    assert main([str(tmp_path / "r"), "--out", str(out), "--until", "4"]) == 0
+    runs = pd.read_csv(out / "runs.csv").set_index("run_dir")
+    assert runs.loc[str(long), "final_test_rel_error"] == pytest.approx(1.0 / 5)
+    assert runs.loc[str(cut), "final_test_rel_error"] == pytest.approx(2.0 / 5)
+    assert runs.loc[str(long), "status"] == runs.loc[str(cut), "status"] == "completed"
+    assert runs.loc[str(tmp_path / "r" / "2"), "status"] == "diverged"
+    assert pd.read_csv(out / "data.csv").epoch.max() == 4
+    # per-epoch wall time from the curve, not the whole run's time over 4 epochs
+    assert runs.loc[str(long), "wall_per_epoch"] == pytest.approx(1.0)
+    assert main([str(tmp_path / "r"), "--out", str(out), "--until", "-1"]) == 2
+    assert "--until -1" in capsys.readouterr().err

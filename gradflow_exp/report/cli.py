@@ -1,4 +1,4 @@
-"""``gradflow-report DIR... [--out DIR] [--target 1e-3] [--metric test_rel_error]``
+"""``gradflow-report DIR... [--out DIR] [--target 1e-3] [--metric test_rel_error] [--until EPOCH]``
 
 Reads every run below the given run/multirun directories and writes the figure, the
 per-method table and the paired tests into one folder. Input mistakes are one line on
@@ -23,6 +23,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="metric for the target, the median column and the paired tests (default test_rel_error)")
     p.add_argument("--band", choices=["minmax", "iqr"], default="minmax",
                    help="band drawn around the median over seeds (default minmax)")
+    p.add_argument("--until", type=int, default=None, metavar="EPOCH",
+                   help="compare runs of different lengths at one epoch: drop every row after "
+                        "EPOCH; a run that got that far counts as completed there")
     return p.parse_args(argv)
 
 
@@ -54,12 +57,15 @@ def write_tables(df, out: Path, metric: str, target: float) -> tuple[list[Path],
     return paths, summary_md + "\n\n" + test_note + "\n\n" + sig_md
 
 
-def report(dirs, out=None, metric="test_rel_error", target=1e-3, band="minmax") -> tuple[list[Path], str]:
+def report(dirs, out=None, metric="test_rel_error", target=1e-3, band="minmax",
+           until=None) -> tuple[list[Path], str]:
     """The whole report; returns (paths written, Markdown). Raises ReportError on bad input."""
     from .figures import plot_all
-    from .load import RUN_COLUMNS, ReportError, load_runs
+    from .load import RUN_COLUMNS, ReportError, cut_at, load_runs
 
     df = load_runs(dirs)
+    if until is not None:
+        df = cut_at(df, until)
     if metric not in df.columns or metric in RUN_COLUMNS:
         numeric = [c for c in df.columns if c not in RUN_COLUMNS and c.endswith(("error", "mse", "accuracy", "loss"))]
         raise ReportError(f"--metric {metric!r} is not in any metrics.csv (have: {', '.join(numeric)})")
@@ -77,7 +83,7 @@ def main(argv=None) -> int:
     from .load import ReportError
 
     try:
-        paths, md = report(args.dirs, args.out, args.metric, args.target, args.band)
+        paths, md = report(args.dirs, args.out, args.metric, args.target, args.band, args.until)
     except ReportError as e:
         print(f"gradflow-report: error: {e}", file=sys.stderr)
         return 2

@@ -263,3 +263,19 @@ def load_runs(paths) -> pd.DataFrame:
     df["seed"] = df["seed"].astype("Int64")
     df["epochs_completed"] = pd.to_numeric(df["epochs_completed"], errors="coerce").astype("Int64")
     return df
+
+
+def cut_at(df: pd.DataFrame, until: int) -> pd.DataFrame:
+    """The frame as if every run had stopped at epoch ``until`` (``--until``): later rows
+    dropped; a run that got that far is ``completed`` there, with no end-of-run flags (they
+    describe its real end). Runs that ended earlier keep their status."""
+    if until < 0:
+        raise ReportError(f"--until {until}: an epoch must be >= 0")
+    reached = df.groupby("run_dir")["epoch"].transform("max") >= until
+    keep = ~(df["epoch"] > until)                    # keeps the NaN-epoch row of a run with no curve
+    df, reached = df[keep].copy(), reached[keep]
+    df.loc[reached, "status"] = "completed"
+    df.loc[reached, "epochs_completed"] = until
+    df.loc[reached, "flags"] = ""
+    df.loc[reached, "run_wall_time"] = math.nan       # the whole run's; per-epoch time comes from the curve
+    return df
