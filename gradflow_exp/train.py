@@ -171,6 +171,24 @@ def same_run(previous_fp: str | None, resolved: dict) -> bool:
                for n in range(len(inert) + 1) for dropped in itertools.combinations(inert, n))
 
 
+def extends(previous: dict, resolved: dict, run_dir: Path) -> bool:
+    """Whether ``resolved`` is the run in ``run_dir`` with only ``trainer.epochs`` changed, to
+    more than it has done, and nothing else depends on the epoch count (no lr schedule, no
+    scheduled loss penalty): then training on from its checkpoint gives what a run this
+    long from the start gives, and a finished 500-epoch run can be taken to 1500."""
+    planned, done = previous.get("epochs_planned"), previous.get("epochs_completed")
+    if (previous.get("status") not in ("completed", "interrupted") or not isinstance(planned, int)
+            or not isinstance(done, int) or not (run_dir / "checkpoint.pt").is_file()):
+        return False
+    if not _inert(resolved, "scheduler") or resolved.get("loss", {}).get("penalty") is not None:
+        return False
+    if resolved["trainer"]["epochs"] <= done:
+        return False
+    as_planned = copy.deepcopy(resolved)
+    as_planned["trainer"]["epochs"] = planned
+    return same_run(previous.get("fingerprint"), as_planned)
+
+
 def _node(d: dict, key: str) -> tuple[dict, str]:
     *parents, last = key.split(".")
     for p in parents:
@@ -224,10 +242,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         raise ConfigError(_short(e)) from None
     fp = fingerprint(resolved)
     previous = read_json(run_dir / "summary.json")
+    extend = False
     if not same_run(previous.get("fingerprint"), resolved):
-        raise ConfigError(f"{run_dir} already holds a run of another configuration; "
-                          "use a new hydra.run.dir (or hydra.sweep.dir)")
-    if previous.get("status") in FINISHED:
+        extend = extends(previous, resolved, run_dir)
+        if not extend:
+            raise ConfigError(f"{run_dir} already holds a run of another configuration; "
+                              "use a new hydra.run.dir (or hydra.sweep.dir)")
+        log.info("%s: %s after %d of %d epochs; training it on to %d", run_dir, previous["status"],
+                 previous["epochs_completed"], previous["epochs_planned"], cfg.trainer.epochs)
+    if previous.get("status") in FINISHED and not extend:
         log.info("%s: already %s; skipping it (delete its summary.json to run it again)",
                  run_dir, previous["status"])
         return previous

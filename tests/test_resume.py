@@ -185,3 +185,29 @@ def test_run_of_an_earlier_version_resumes(tmp_path, monkeypatch):
     cosine = OmegaConf.to_container(compose_cfg(overrides + ["scheduler=cosine"]), resolve=True)
     assert not train_mod.same_run(older, cosine)
     assert train_mod.fingerprint(cosine) != train_mod.fingerprint(resolved)
+
+
+def test_finished_run_extends_to_more_epochs(tmp_path, caplog):
+    """The same command with a larger trainer.epochs trains a finished run on from its
+    checkpoint, ending exactly as a run that long from the start; a shorter length, or one
+    an lr schedule depends on, is another run and refused."""
+    from gradflow_exp.train import ConfigError, run
+
+    base = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=spm_sav", "trainer.log_every=1", "threads=1"]
+    run_dir, reference = tmp_path / "run", tmp_path / "reference"
+    assert run(compose_cfg(base + ["trainer.epochs=3"]), run_dir)["status"] == "completed"
+    stamp = (run_dir / "metrics.csv").stat().st_mtime_ns
+    for refused in (["trainer.epochs=2"], ["trainer.epochs=6", "scheduler=cosine"]):
+        with pytest.raises(ConfigError, match="another configuration"):
+            run(compose_cfg(base + refused), run_dir)
+    assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
+    with caplog.at_level("INFO", logger="gradflow_exp"):
+        longer = run(compose_cfg(base + ["trainer.epochs=6"]), run_dir)
+    assert "completed after 3 of 3 epochs; training it on to 6" in caplog.text
+    assert "resuming after epoch 3" in caplog.text and longer["epochs_planned"] == 6
+    assert run(compose_cfg(base + ["trainer.epochs=6"]), reference)["status"] == "completed"
+    assert_same_run(run_dir, reference)
+    # now a 6-epoch run: the same command skips it, the 3-epoch one is another run
+    assert run(compose_cfg(base + ["trainer.epochs=6"]), run_dir)["fingerprint"] == longer["fingerprint"]
+    with pytest.raises(ConfigError, match="another configuration"):
+        run(compose_cfg(base + ["trainer.epochs=3"]), run_dir)
