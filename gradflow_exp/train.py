@@ -171,22 +171,36 @@ def same_run(previous_fp: str | None, resolved: dict) -> bool:
                for n in range(len(inert) + 1) for dropped in itertools.combinations(inert, n))
 
 
-def extends(previous: dict, resolved: dict, run_dir: Path) -> bool:
-    """Whether ``resolved`` is the run in ``run_dir`` with only ``trainer.epochs`` changed, to
-    more than it has done, and nothing else depends on the epoch count (no lr schedule, no
-    scheduled loss penalty): then training on from its checkpoint gives what a run this
-    long from the start gives, and a finished 500-epoch run can be taken to 1500."""
-    planned, done = previous.get("epochs_planned"), previous.get("epochs_completed")
-    if (previous.get("status") not in ("completed", "interrupted") or not isinstance(planned, int)
-            or not isinstance(done, int) or not (run_dir / "checkpoint.pt").is_file()):
-        return False
-    if not _inert(resolved, "scheduler") or resolved.get("loss", {}).get("penalty") is not None:
-        return False
-    if resolved["trainer"]["epochs"] <= done:
+def only_epochs_differ(previous: dict, resolved: dict) -> bool:
+    """Whether the run a summary describes is ``resolved`` with another ``trainer.epochs``."""
+    planned = previous.get("epochs_planned")
+    if not isinstance(planned, int):
         return False
     as_planned = copy.deepcopy(resolved)
     as_planned["trainer"]["epochs"] = planned
     return same_run(previous.get("fingerprint"), as_planned)
+
+
+def cannot_extend(previous: dict, resolved: dict, run_dir: Path) -> str | None:
+    """Why that run cannot be trained on to ``resolved``'s ``trainer.epochs`` (None: it can).
+    It can when it stopped short of that, left a checkpoint, and nothing else is stretched
+    over the run's length: then training on from the checkpoint gives what a run this long
+    from the start gives. (A cosine schedule's T_max is ``${trainer.epochs}`` in the config,
+    so it already makes another configuration; warm-up's cosine and the loss penalty's
+    schedule take the length from ``trainer.epochs`` in code, hence the check here.)"""
+    done = previous.get("epochs_completed")
+    if previous.get("status") not in ("completed", "interrupted"):
+        return f"it ended {previous.get('status')}"
+    if not isinstance(done, int) or resolved["trainer"]["epochs"] <= done:
+        return f"it has already trained {done} epochs"
+    if not (run_dir / "checkpoint.pt").is_file():
+        return "it has no checkpoint.pt to train on from"
+    sched, penalty = resolved.get("scheduler") or {}, (resolved.get("loss") or {}).get("penalty")
+    if sched.get("name") == "warmup" and sched.get("then") == "cosine":
+        return "its warm-up cosine schedule is stretched over trainer.epochs"
+    if penalty is not None and (penalty.get("ramp_epochs") is None or penalty.get("epochs") is None):
+        return "its loss penalty schedule is stretched over trainer.epochs"
+    return None
 
 
 def _node(d: dict, key: str) -> tuple[dict, str]:
@@ -242,12 +256,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         raise ConfigError(_short(e)) from None
     fp = fingerprint(resolved)
     previous = read_json(run_dir / "summary.json")
-    extend = False
-    if not same_run(previous.get("fingerprint"), resolved):
-        extend = extends(previous, resolved, run_dir)
-        if not extend:
+    extend = not same_run(previous.get("fingerprint"), resolved)
+    if extend:
+        if not only_epochs_differ(previous, resolved):
             raise ConfigError(f"{run_dir} already holds a run of another configuration; "
                               "use a new hydra.run.dir (or hydra.sweep.dir)")
+        why = cannot_extend(previous, resolved, run_dir)
+        if why:
+            raise ConfigError(f"{run_dir} holds this run with trainer.epochs={previous['epochs_planned']}; "
+                              f"{why}; use a new hydra.run.dir (or hydra.sweep.dir)")
         log.info("%s: %s after %d of %d epochs; training it on to %d", run_dir, previous["status"],
                  previous["epochs_completed"], previous["epochs_planned"], cfg.trainer.epochs)
     if previous.get("status") in FINISHED and not extend:

@@ -197,8 +197,10 @@ def test_finished_run_extends_to_more_epochs(tmp_path, caplog):
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
     assert run(compose_cfg(base + ["trainer.epochs=3"]), run_dir)["status"] == "completed"
     stamp = (run_dir / "metrics.csv").stat().st_mtime_ns
-    for refused in (["trainer.epochs=2"], ["trainer.epochs=6", "scheduler=cosine"]):
-        with pytest.raises(ConfigError, match="another configuration"):
+    for refused, why in ((["trainer.epochs=2"], "holds this run with trainer.epochs=3; it has already trained 3"),
+                         (["trainer.epochs=6", "scheduler=cosine"], "another configuration"),
+                         (["trainer.epochs=6", "seed=1"], "another configuration")):
+        with pytest.raises(ConfigError, match=why):
             run(compose_cfg(base + refused), run_dir)
     assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
     with caplog.at_level("INFO", logger="gradflow_exp"):
@@ -209,5 +211,10 @@ def test_finished_run_extends_to_more_epochs(tmp_path, caplog):
     assert_same_run(run_dir, reference)
     # now a 6-epoch run: the same command skips it, the 3-epoch one is another run
     assert run(compose_cfg(base + ["trainer.epochs=6"]), run_dir)["fingerprint"] == longer["fingerprint"]
-    with pytest.raises(ConfigError, match="another configuration"):
+    with pytest.raises(ConfigError, match="already trained 6 epochs"):
         run(compose_cfg(base + ["trainer.epochs=3"]), run_dir)
+    # a schedule stretched over the run's length would change: another run
+    warm = ["scheduler=warmup", "scheduler.warmup_epochs=1"]
+    run(compose_cfg(base + ["trainer.epochs=3", *warm]), tmp_path / "warmup")
+    with pytest.raises(ConfigError, match="warm-up cosine schedule is stretched over trainer.epochs"):
+        run(compose_cfg(base + ["trainer.epochs=6", *warm]), tmp_path / "warmup")
