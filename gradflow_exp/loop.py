@@ -252,6 +252,6 @@ def _summary(rows, status, error, steps, epochs, wall, cfg: LoopConfig) -> dict:
                      "(the auxiliary variable no longer tracks the loss; steps are tiny)")
     elif q is not None and math.isfinite(q) and q < STALL_Q and _no_progress(rows):
         flags.append(f"stalled: q = r/r̂ = {q:.3g} at the end and the train error fell by less "
-                     f"than {STALL_GAIN:.0%} over the second half of the run (steps shrunk by r, not converged)")
+                     f"than {STALL_GAIN:.0%} over the second half of the run (r has shrunk the steps: frozen, or at a floor)")
     return {"status": status, "error": error, "epochs_completed": epochs, "epochs_planned": cfg.epochs,
             "steps": steps, "wall_time": wall, "final": final, "best": best, "flags": flags}
