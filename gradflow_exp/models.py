@@ -187,3 +187,50 @@ class MLP(nn.Module):
 def _check_positive_int(key: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{key} must be a positive integer, got {value!r}")
+
+
+class BurgersPINN(nn.Module):
+    """u(x, t) by a tanh MLP (Example 5: 5 hidden layers of 32), read through the row layout
+    of `gradflow_exp.data.burgers`: a residual row ``[x, t, 1, w]`` returns the PDE residual
+    u_t + u u_x − ν u_xx, a data row ``[x, t, 0, w]`` returns w·u(x, t).
+
+    u_x, u_t and u_xx are carried forward through the layers by hand (a = Wz + b, s = tanh a,
+    s' = 1 − s², s'' = −2 s s'; z_x ← s'·a_x, z_xx ← s''·a_x² + s'·a_xx), exact and plain
+    tensor algebra, so SPM's vmap over perturbed parameters, replicas and IEQ's per-sample
+    Jacobians go through it as through any model; autograd inside forward would not."""
+
+    particle_scale = 1.0
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: list[int] | tuple[int, ...] = (32,) * 5,
+                 nu: float = 0.01 / math.pi):
+        super().__init__()
+        if in_dim != 4 or out_dim != 1:
+            raise ValueError("model=pinn needs dataset=burgers (rows [x, t, flag, w] and one output)")
+        sizes = [2, *hidden, 1]
+        for h in hidden:
+            _check_positive_int("model.hidden", h)
+        if not nu > 0:
+            raise ValueError(f"model.nu must be positive, got {nu}")
+        self.nu = float(nu)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        with torch.no_grad():          # Glorot, as PINNs for tanh nets use (Raissi et al.)
+            for layer in self.layers:
+                nn.init.xavier_normal_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        z = rows[:, :2]
+        z_x = torch.zeros_like(z).index_fill_(1, torch.tensor([0], device=z.device), 1.0)
+        z_t = torch.zeros_like(z).index_fill_(1, torch.tensor([1], device=z.device), 1.0)
+        z_xx = torch.zeros_like(z)
+        for layer in self.layers[:-1]:
+            w = layer.weight.T
+            a, a_x, a_t, a_xx = layer(z), z_x @ w, z_t @ w, z_xx @ w
+            s = torch.tanh(a)
+            ds = 1 - s * s
+            z, z_x, z_t, z_xx = s, ds * a_x, ds * a_t, -2 * s * ds * a_x * a_x + ds * a_xx
+        last = self.layers[-1]
+        w = last.weight.T
+        u, u_x, u_t, u_xx = last(z), z_x @ w, z_t @ w, z_xx @ w
+        residual = u_t + u * u_x - self.nu * u_xx
+        return torch.where(rows[:, 2:3] > 0.5, residual, rows[:, 3:4] * u)

@@ -39,6 +39,7 @@ from gradflow_exp.cli import CONF_DIR, preflight, validate_config
 from gradflow_exp.data import build_dataset
 from gradflow_exp.losses import build_training_loss
 from gradflow_exp.loop import LoopConfig, train
+from gradflow_exp.models import BurgersPINN
 from gradflow_exp.optim import IEQ, build_optimizer, resolve_time_scale
 from gradflow_exp.sinks import CSVSink, WandbSink, device_name, read_json, save_checkpoint, write_json
 
@@ -107,6 +108,9 @@ def build(cfg: DictConfig):
         raise ConfigError(f"loss={loss_fn.name} needs regression targets; dataset mnist needs loss=cross_entropy")
     if data.task == "regression" and loss_fn.name == "cross_entropy":
         raise ConfigError(f"loss=cross_entropy needs class labels; dataset {cfg.dataset.name} is a regression problem")
+    if (cfg.dataset.name == "burgers") != isinstance(model, BurgersPINN):
+        raise ConfigError("dataset=burgers and model=pinn go together (the PINN reads burgers' rows "
+                          "[x, t, flag, w] and returns the PDE residual)")
     k = resolve_time_scale(cfg.time_scale, model)
     optimizer = build_optimizer(cfg.optimizer, model, k)
     if cfg.loss.get("penalty") is not None and isinstance(getattr(optimizer, "base", optimizer), IEQ):

@@ -31,7 +31,7 @@ def test_experiment_composes_with_its_method_set(exp, monkeypatch):
     import gradflow_exp.train as train_mod
 
     def tiny_dataset(cfg, seed):
-        n_in = 784 if cfg.name == "mnist" else int(cfg.D)
+        n_in = {"mnist": 784, "burgers": 4}.get(cfg.name) or int(cfg.D)
         if cfg.name == "mnist":
             return Dataset(torch.rand(300, n_in, dtype=torch.float64), torch.randint(0, 10, (300,)),
                            torch.rand(8, n_in, dtype=torch.float64), torch.randint(0, 10, (8,)),
