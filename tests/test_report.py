@@ -20,7 +20,7 @@ TARGETS = {"sgd": "torch.optim.SGD", "adam": "torch.optim.Adam", "sav": "gradflo
 
 
 def make_run(run_dir, *, optimizer="sgd", seed=0, experiment="fig7", hp=None, test=(1.0, 0.1, 0.01),
-             train=None, status="completed", extra=None, wall_step=1.0, hydra_files=True):
+             train=None, status="completed", extra=None, wall_step=1.0, hydra_files=True, flags=()):
     """A run directory as the runner writes it, with known numbers."""
     run_dir.mkdir(parents=True)
     test = list(test)
@@ -34,7 +34,7 @@ def make_run(run_dir, *, optimizer="sgd", seed=0, experiment="fig7", hp=None, te
     (run_dir / "summary.json").write_text(json.dumps({
         "status": status, "error": None, "epochs_completed": epochs[-1], "steps": 10 * epochs[-1],
         "wall_time": wall_step * epochs[-1], "final": m.iloc[-1].to_dict(),
-        "best": {"test_rel_error": float(finite.test_rel_error.min())}, "flags": [], "name": "x"}))
+        "best": {"test_rel_error": float(finite.test_rel_error.min())}, "flags": list(flags), "name": "x"}))
     if hydra_files:
         hp = {"lr": 0.1, **(hp or {})}
         cfg = {"name": experiment, "seed": seed, "dataset": {"name": "quadratic", "seed": "${seed}"},
@@ -259,3 +259,16 @@ def test_until_compares_runs_of_different_lengths_at_one_epoch(tmp_path, capsys)
     assert runs.loc[str(long), "wall_per_epoch"] == pytest.approx(1.0)
     assert main([str(tmp_path / "r"), "--out", str(out), "--until", "-1"]) == 2
     assert "--until -1" in capsys.readouterr().err
+
+
+def test_flagged_runs_are_named_under_the_table(tmp_path):
+    """A completed run whose summary carries a flag (here: stalled) is listed with it below
+    the summary table; --until drops flags that describe a later end."""
+    make_run(tmp_path / "r" / "0", optimizer="sav", flags=["stalled: q = r/r̂ = 0.013 at the end"])
+    make_run(tmp_path / "r" / "1", optimizer="sgd")
+    assert main([str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 0
+    md = (tmp_path / "o" / "summary.md").read_text()
+    assert "Completed runs with flags" in md and "stalled: q = r/r̂ = 0.013" in md
+    assert str(tmp_path / "r" / "1") not in md.split("Completed runs with flags")[1]
+    assert main([str(tmp_path / "r"), "--out", str(tmp_path / "o2"), "--until", "1"]) == 0
+    assert "Completed runs with flags" not in (tmp_path / "o2" / "summary.md").read_text()

@@ -41,6 +41,9 @@ def write_tables(df, out: Path, metric: str, target: float) -> tuple[list[Path],
     problems = stats.problem_runs_markdown(runs)
     if problems:
         summary_md += "\n\nRuns that did not complete:\n\n" + problems
+    flagged = stats.flagged_runs_markdown(runs)
+    if flagged:
+        summary_md += "\n\nCompleted runs with flags (their numbers are in the table above):\n\n" + flagged
     sig_md = stats.significance_markdown(sig)
     files = {"data.csv": lambda p: df.to_csv(p, index=False),
              "runs.csv": lambda p: runs.to_csv(p, index=False),

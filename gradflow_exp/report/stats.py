@@ -69,7 +69,7 @@ def per_run(df: pd.DataFrame, metric: str = "test_rel_error", target: float = 1e
     for run_dir, g in df.groupby("run_dir", sort=False):
         first = g.iloc[0]
         curve = g[g["epoch"].notna()]
-        row = {k: first[k] for k in ("run_dir", "experiment", "method", "seed", "status", "error")}
+        row = {k: first.get(k) for k in ("run_dir", "experiment", "method", "seed", "status", "error", "flags")}
         for m in metrics:
             vals = curve[m].astype(float) if m in curve.columns else pd.Series(dtype=float)
             fin = _finite(vals)
@@ -293,4 +293,16 @@ def problem_runs_markdown(runs: pd.DataFrame) -> str:
                         "seed": bad["seed"].astype("string").fillna(""), "status": bad["status"],
                         "last epoch": [f"{v:g}" if math.isfinite(v) else "" for v in bad["epochs"]],
                         "error": bad["error"].fillna("")})
+    return to_markdown(out)
+
+
+def flagged_runs_markdown(runs: pd.DataFrame) -> str:
+    """Completed runs the runner flagged (a collapsed or stalled auxiliary variable): their
+    numbers are in the table, and the reason to doubt them must be beside it."""
+    flags = runs["flags"].fillna("").astype(str) if "flags" in runs.columns else pd.Series(dtype=str)
+    hit = runs[(runs["status"] == "completed") & (flags != "")]
+    if hit.empty:
+        return ""
+    out = pd.DataFrame({"run_dir": hit["run_dir"], "method": hit["method"],
+                        "seed": hit["seed"].astype("string").fillna(""), "flags": hit["flags"]})
     return to_markdown(out)
