@@ -219,10 +219,9 @@ class BurgersPINN(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        z = rows[:, :2]
-        z_x = torch.zeros_like(z).index_fill_(1, torch.tensor([0], device=z.device), 1.0)
-        z_t = torch.zeros_like(z).index_fill_(1, torch.tensor([1], device=z.device), 1.0)
+        z = rows[:, :2]                                   # (x, t): ∂/∂x = e₁, ∂/∂t = e₂
         z_xx = torch.zeros_like(z)
+        z_x, z_t = z_xx + z.new_tensor([1.0, 0.0]), z_xx + z.new_tensor([0.0, 1.0])
         for layer in self.layers[:-1]:
             w = layer.weight.T
             a, a_x, a_t, a_xx = layer(z), z_x @ w, z_t @ w, z_xx @ w

@@ -75,3 +75,13 @@ def test_burgers_and_pinn_go_together(run_inprocess):
         run_inprocess("dataset=burgers", "model=two_layer", *SMALL_GRID, "trainer.epochs=1")
     with pytest.raises(ConfigError, match="model=pinn needs dataset=burgers"):
         run_inprocess("dataset=quadratic", "model=pinn", "dataset.M=100", "trainer.epochs=1")
+
+
+@pytest.mark.parametrize("optimizer", ["spm_arelsav", "ieq"])
+def test_pinn_under_vmap_and_per_sample_jacobians(run_inprocess, optimizer):
+    """SPM (vmap over perturbed parameters) and full-Jacobian IEQ (per-sample gradients)
+    go through the PINN's forward."""
+    summary, _ = run_inprocess("experiment=burgers", "dataset.n_x=10", "dataset.n_t=4", "dataset.test_x=11",
+                               "dataset.test_t=3", f"optimizer={optimizer}", "optimizer.lr=0.01",
+                               "trainer.batch_size=16", "trainer.epochs=2")
+    assert summary["status"] == "completed" and math.isfinite(summary["final"]["test_rel_error"])
