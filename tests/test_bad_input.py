@@ -10,7 +10,7 @@ from helpers import SMALL, cli, compose_cfg
 
 # case: (arguments, text the one-line error must contain); {tmp} is a fresh directory.
 CASES = {
-    "unknown_experiment": (["experiment=fig99"], "Available options in 'experiment': eval_ex1"),
+    "unknown_experiment": (["experiment=fig99"], "Available options in 'experiment': burgers, eval_ex1"),
     "unknown_choice_in_sweep": (["-m", "optimizer=sgd,sgdd"], "Could not find 'optimizer/sgdd'"),
     "epochs_not_int": (["trainer.epochs=abc"], "trainer.epochs must be a non-negative integer, got 'abc'"),
     "lr_not_number": (["optimizer.lr=abc"], "optimizer.lr (Δt) must be a positive number, got 'abc'"),
