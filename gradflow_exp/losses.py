@@ -144,6 +144,13 @@ class CompositeLoss:
         return {"loss_weight": self.weight, "penalty": float(l2_penalty(params))}
 
 
+def penalty_stretched_over_run(node) -> bool:
+    """Whether build_training_loss fills the penalty schedule's length (ramp_epochs or
+    epochs left null) from the run's ``epochs``, so a longer run is another schedule."""
+    p = (node or {}).get("penalty")
+    return p is not None and (p.get("ramp_epochs") is None or p.get("epochs") is None)
+
+
 def build_training_loss(node, epochs: int):
     """The ``loss`` group's node → its training loss: ``name`` alone, or with a ``penalty``
     sub-node (conf/loss/mse_l2.yaml; checked by `gradflow_exp.cli.check_penalty`)."""

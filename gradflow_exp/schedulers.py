@@ -34,6 +34,14 @@ class EpochScheduler:
         self.scheduler.load_state_dict(state)
 
 
+def stretched_over_run(node: dict | None) -> bool:
+    """Whether build_scheduler takes this schedule's length from the run's ``epochs`` in code
+    (warm-up then cosine), so a longer run is another schedule. (cosine's T_max is
+    ``${trainer.epochs}`` in its config, where the run's fingerprint already sees it.)"""
+    node = node or {}
+    return node.get("name") == "warmup" and node.get("then") == "cosine"
+
+
 def build_scheduler(node: dict | None, optimizer, epochs: int) -> EpochScheduler | None:
     """The schedule a ``scheduler`` node names (checked by `gradflow_exp.cli.check_scheduler`);
     None for ``none``. ``epochs`` is the run's length (warm-up's cosine ends there)."""

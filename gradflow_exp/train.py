@@ -37,10 +37,11 @@ from omegaconf import DictConfig, OmegaConf
 from gradflow_exp import replicas
 from gradflow_exp.cli import CONF_DIR, preflight, validate_config
 from gradflow_exp.data import build_dataset
-from gradflow_exp.losses import build_training_loss
+from gradflow_exp.losses import build_training_loss, penalty_stretched_over_run
 from gradflow_exp.loop import LoopConfig, train
 from gradflow_exp.models import BurgersPINN
 from gradflow_exp.optim import IEQ, build_optimizer, resolve_time_scale
+from gradflow_exp.schedulers import stretched_over_run
 from gradflow_exp.sinks import CSVSink, WandbSink, device_name, read_json, save_checkpoint, write_json
 
 log = logging.getLogger("gradflow_exp")
@@ -189,9 +190,7 @@ def cannot_extend(previous: dict, resolved: dict, run_dir: Path) -> str | None:
     """Why that run cannot be trained on to ``resolved``'s ``trainer.epochs`` (None: it can).
     It can when it stopped short of that, left a checkpoint, and nothing else is stretched
     over the run's length: then training on from the checkpoint gives what a run this long
-    from the start gives. (A cosine schedule's T_max is ``${trainer.epochs}`` in the config,
-    so it already makes another configuration; warm-up's cosine and the loss penalty's
-    schedule take the length from ``trainer.epochs`` in code, hence the check here.)"""
+    from the start gives."""
     done = previous.get("epochs_completed")
     if previous.get("status") not in ("completed", "interrupted"):
         return f"it ended {previous.get('status')}"
@@ -199,10 +198,9 @@ def cannot_extend(previous: dict, resolved: dict, run_dir: Path) -> str | None:
         return f"it has already trained {done} epochs"
     if not (run_dir / "checkpoint.pt").is_file():
         return "it has no checkpoint.pt to train on from"
-    sched, penalty = resolved.get("scheduler") or {}, (resolved.get("loss") or {}).get("penalty")
-    if sched.get("name") == "warmup" and sched.get("then") == "cosine":
+    if stretched_over_run(resolved.get("scheduler")):
         return "its warm-up cosine schedule is stretched over trainer.epochs"
-    if penalty is not None and (penalty.get("ramp_epochs") is None or penalty.get("epochs") is None):
+    if penalty_stretched_over_run(resolved.get("loss")):
         return "its loss penalty schedule is stretched over trainer.epochs"
     return None
 
