@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from gradflow_exp.data.burgers import NU
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 INITS = ("default", "kaiming", "normal")
 
@@ -202,7 +204,7 @@ class BurgersPINN(nn.Module):
     particle_scale = 1.0
 
     def __init__(self, in_dim: int, out_dim: int, hidden: list[int] | tuple[int, ...] = (32,) * 5,
-                 nu: float = 0.01 / math.pi):
+                 nu: float = NU):
         super().__init__()
         if in_dim != 4 or out_dim != 1:
             raise ValueError("model=pinn needs dataset=burgers (rows [x, t, flag, w] and one output)")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 NU = 0.01 / math.pi
+GRID_KEYS = ("n_x", "n_t", "test_x", "test_t", "boundary_weight")   # the dataset node's keys
 
 
 def exact(x, t, nu: float = NU, points: int = 801, chunk: int = 2048) -> np.ndarray:

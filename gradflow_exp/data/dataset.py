@@ -55,9 +55,7 @@ def build_dataset(cfg, seed: int) -> Dataset:
             x_tr, x_te = _zscore(x_tr, x_te)
         return Dataset(x_tr, y_tr, x_te, y_te, "classification", 10)
     if name == "burgers":     # grids in raw (x, t): the PDE's derivatives are in those units
-        x_tr, y_tr, x_te, y_te = burgers.generate(
-            n_x=cfg.get("n_x", 200), n_t=cfg.get("n_t", 60), test_x=cfg.get("test_x", 256),
-            test_t=cfg.get("test_t", 101), boundary_weight=cfg.get("boundary_weight"))
+        x_tr, y_tr, x_te, y_te = burgers.generate(**{k: cfg[k] for k in burgers.GRID_KEYS if k in cfg})
         return Dataset(x_tr, y_tr, x_te, y_te, "regression", 1)
     valid = sorted(list(synthetic.PROBLEMS) + ["mnist", "burgers"])
     raise ValueError(f"dataset.name={name!r}; valid: {', '.join(valid)}")

@@ -69,7 +69,7 @@ def per_run(df: pd.DataFrame, metric: str = "test_rel_error", target: float = 1e
     for run_dir, g in df.groupby("run_dir", sort=False):
         first = g.iloc[0]
         curve = g[g["epoch"].notna()]
-        row = {k: first.get(k) for k in ("run_dir", "experiment", "method", "seed", "status", "error", "flags")}
+        row = {k: first[k] for k in ("run_dir", "experiment", "method", "seed", "status", "error", "flags")}
         for m in metrics:
             vals = curve[m].astype(float) if m in curve.columns else pd.Series(dtype=float)
             fin = _finite(vals)
@@ -299,8 +299,7 @@ def problem_runs_markdown(runs: pd.DataFrame) -> str:
 def flagged_runs_markdown(runs: pd.DataFrame) -> str:
     """Completed runs the runner flagged (a collapsed or stalled auxiliary variable): their
     numbers are in the table, and the reason to doubt them must be beside it."""
-    flags = runs["flags"].fillna("").astype(str) if "flags" in runs.columns else pd.Series(dtype=str)
-    hit = runs[(runs["status"] == "completed") & (flags != "")]
+    hit = runs[(runs["status"] == "completed") & (runs["flags"].fillna("") != "")]
     if hit.empty:
         return ""
     out = pd.DataFrame({"run_dir": hit["run_dir"], "method": hit["method"],
