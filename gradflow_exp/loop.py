@@ -68,6 +68,22 @@ def evaluate(model, x, y, chunk: int) -> dict[str, float]:
     return metrics_from_sums(sums)
 
 
+@torch.no_grad()
+def full_loss(model, loss_fn, x, y, chunk: int) -> float:
+    """The training loss on a whole set (epoch 0's ``train_loss``), in chunks of rows like
+    `evaluate` when the loss is a mean over rows: one pass over fig10's 80 000 rows × 10 000
+    hidden units would hold 13 GB. A penalty is added in every chunk and so, weighted by
+    the chunk's share of rows, once in all."""
+    n = x.shape[0]
+    if n <= chunk or not getattr(loss_fn, "row_mean", False):
+        return float(BatchClosure(model, loss_fn, x, y)(backward=False))
+    total = 0.0
+    for i in range(0, n, chunk):
+        xc, yc = x[i:i + chunk], y[i:i + chunk]
+        total += float(BatchClosure(model, loss_fn, xc, yc)(backward=False)) * xc.shape[0]
+    return total / n
+
+
 def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed: int,
           on_finish=None, on_checkpoint=None, resume: dict | None = None, should_stop=None) -> dict:
     """Train and return the run summary. ``sinks`` get every logged row.
@@ -137,9 +153,7 @@ def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
     if resume is None:
-        with torch.no_grad():
-            initial_loss = float(BatchClosure(model, loss_fn, data.x_train, data.y_train)(backward=False))
-        log_row(0, initial_loss)
+        log_row(0, full_loss(model, loss_fn, data.x_train, data.y_train, cfg.eval_chunk))
     else:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])     # the scheduled lr too

@@ -25,6 +25,7 @@ class MSELoss:
     """I(θ) = (1/n) Σ (f − y)² — no 1/2, as in the SPEC (mean over all elements)."""
 
     name = "mse"
+    row_mean = True   # a mean over rows: a full set's loss can be summed in chunks
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(pred, _as_pred_shape(target, pred))
@@ -40,6 +41,7 @@ class RelErrorLoss:
     """
 
     name = "rel_error"
+    row_mean = False  # a ratio of sums, not a mean over rows
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         t = _as_pred_shape(target, pred)
@@ -55,6 +57,7 @@ class CrossEntropyLoss:
     """Softmax cross-entropy on integer labels."""
 
     name = "cross_entropy"
+    row_mean = True
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(pred, target)
@@ -124,6 +127,7 @@ class CompositeLoss:
     def __init__(self, data, schedule: WeightSchedule):
         self.data = data
         self.name = data.name
+        self.row_mean = data.row_mean
         self.schedule = schedule
         self.weight = schedule(0)
 

@@ -67,9 +67,9 @@ from torch.func import functional_call, grad_and_value, vmap
 from tqdm.auto import tqdm
 
 from gradflow_exp.losses import MSELoss
-from gradflow_exp.loop import LoopConfig, _finite_row, _summary, evaluate
+from gradflow_exp.loop import LoopConfig, _finite_row, _summary, evaluate, full_loss
 from gradflow_exp.models import TwoLayerNet
-from gradflow_exp.optim import SAV, BatchClosure, ResSAV
+from gradflow_exp.optim import SAV, ResSAV
 from gradflow_exp.sinks import CSVSink, WandbSink, device_name, read_json, save_checkpoint, write_json
 
 log = logging.getLogger("gradflow_exp")
@@ -317,8 +317,7 @@ def train_replicas(models, optimizers, loss_fn, datas, cfg: LoopConfig, seeds, s
         if on_finish is not None:
             on_finish(k, summary, state)
 
-    with torch.no_grad():
-        initial = [float(BatchClosure(m, loss_fn, d.x_train, d.y_train)(backward=False)) for m, d in zip(models, datas)]
+    initial = [full_loss(m, loss_fn, d.x_train, d.y_train, cfg.eval_chunk) for m, d in zip(models, datas)]
     log_rows(0, initial, range(R))
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"train ×{R}", disable=not cfg.progress,
                dynamic_ncols=True, leave=False)

@@ -51,3 +51,27 @@ def test_example2_trap(run_inprocess):
     # whichever loss trained it, train_rel_error is Σ(f−y)²/Σy² of the model: for the rel_error run
     # the training loss (batch mean of the same quantity) matches the reported metric's scale
     assert b.train_loss.iloc[0] == pytest.approx(b.train_rel_error.iloc[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("penalty", [False, True])
+def test_full_set_loss_in_chunks_is_the_whole_set_loss(name, penalty):
+    """Epoch 0's train_loss is taken in chunks of rows (fig10's whole training set in one
+    pass would hold 13 GB); it must equal the loss of one pass over every row, with a
+    penalty counted once, and a loss that is not a mean over rows (rel_error) in one pass."""
+    from gradflow_exp.loop import full_loss
+    from gradflow_exp.losses import CompositeLoss, WeightSchedule
+    from gradflow_exp.models import MLP, TwoLayerNet
+    from gradflow_exp.optim import BatchClosure
+
+    torch.manual_seed(0)
+    ce = name == "cross_entropy"
+    model = (MLP(5, 10, hidden=[8]) if ce else TwoLayerNet(5, width=7)).double()
+    x = torch.randn(103, 5, dtype=torch.float64)
+    y = torch.randint(0, 10, (103,)) if ce else 2 + torch.randn(103, 1, dtype=torch.float64)
+    loss = build_loss(name)
+    if penalty:
+        loss = CompositeLoss(loss, WeightSchedule(kind="constant", weight=0.3))
+    whole = float(BatchClosure(model, loss, x, y)(backward=False))
+    assert full_loss(model, loss, x, y, chunk=10) == pytest.approx(whole, rel=1e-13)
+    assert full_loss(model, loss, x, y, chunk=1000) == whole
