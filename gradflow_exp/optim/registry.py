@@ -65,13 +65,14 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, time_scale: float =
     target = hydra.utils.get_class(node["_target_"])
     accepted = inspect.signature(target.__init__).parameters
     kwargs = {k: v for k, v in node.items() if not k.startswith("_")}
-    for key in SHARED_KEYS:
-        # Every optimizer config carries the shared keys so that one sweep
-        # (optimizer=sgd,sav optimizer.C=1,100) composes for all methods.
-        if key in kwargs and key not in accepted:
-            if kwargs[key] is not None:
-                log.warning("%s has no hyperparameter %s; %s=%s is ignored", target.__name__, key, key, kwargs[key])
-            del kwargs[key]
+    # Every optimizer config carries the shared keys so that one sweep
+    # (optimizer=sgd,sav optimizer.C=1,100) composes for all methods; one line names those
+    # this method ignores.
+    ignored = {key: kwargs.pop(key) for key in SHARED_KEYS if key in kwargs and key not in accepted}
+    ignored = {key: v for key, v in ignored.items() if v is not None}
+    if ignored:
+        log.warning("%s has no hyperparameter %s: ignored", target.__name__,
+                    ", ".join(f"{k}={v}" for k, v in ignored.items()))
     if "foreach" in accepted and "foreach" not in kwargs and _on_cpu(model):
         # torch's default re-decides foreach on every step; on CPU the answer is always the
         # per-tensor loop, and deciding it costs a quarter of a small model's SGD step
