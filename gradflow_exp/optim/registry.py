@@ -25,15 +25,6 @@ SHARED_KEYS = ("C", "lam", "eta", "restart")
 log = logging.getLogger(__name__)
 
 
-# Optimizers whose step divides the gradient by its own running scale (Adam's √v̂, Adagrad's
-# √Σg², LAMB's trust ratio; our A-SAV family): on the time-scaled flow θ' = −K∇I they take
-# the step they take on ∇I (up to ε), so K leaves their lr alone — the paper's "Adam(1e-3)"
-# is Adam at 1e-3 under either time scale. Other optimizers without a ``time_scale``
-# argument step along the gradient: their lr becomes lr·K.
-SCALE_FREE = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "RMSprop", "Lamb",
-              "ASAV", "AResSAV", "ARelSAV")
-
-
 def resolve_time_scale(time_scale, model: torch.nn.Module) -> float:
     """'plain' → 1, 'particle' → the model's m/2, a number → itself."""
     if time_scale in (None, "plain"):
@@ -79,7 +70,9 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, time_scale: float =
         kwargs["foreach"] = False
     if "time_scale" in accepted:
         kwargs["time_scale"] = time_scale
-    elif time_scale != 1.0 and target.__name__ not in SCALE_FREE:
+    elif time_scale != 1.0:
+        # Δt is per-particle for every method, Adam's lr included: A-Euler (Adam) must be
+        # the C → ∞, λ = 0 limit of A-SAV at the same Δt, and A-SAV's step carries K
         kwargs["lr"] = kwargs["lr"] * time_scale
     opt = target(model.parameters(), **kwargs)
     if spm is not None:

@@ -23,15 +23,9 @@ Adaptive (Alg. 5): m, v are Adam's moments of g (β₁, β₂, bias-corrected m�
 replaced by m̂ and Δt by the element-wise step τ = Δt/(√v̂ + ε) *everywhere*, including
 (I+τℒ)⁻¹ = 1/(1 + λτ). The applied step direction is therefore
 d = τ ⊙ m̂ / (1 + λτ) = Δt m̂ / (√v̂ + ε + λΔt) (λ acts like extra ε),
-θ^{n+1} = θⁿ − (r^{n+1}/√E) d, and the r-update uses the inner product of the gradient
-estimate with that direction::
+θ^{n+1} = θⁿ − K (r^{n+1}/√E) d, and the r-update uses the inner product of the gradient estimate with that direction::
 
-    r^{n+1} = rⁿ / (1 + ⟨m̂, d⟩ / (2E)),     ⟨m̂, d⟩ = Σ_i τ_i m̂_i² / (1 + λτ_i) ≥ 0.
-
-No time scale: the metric diag(τ) is the adaptive methods' own, and the flow θ' = −K∇I
-would leave m̂/√v̂ as it is (K cancels, up to ε), just as it leaves Adam's step alone. So
-A-Euler is Adam with lr Δt under either time scale (`gradflow_exp.optim.registry`), and
-the A-methods take no ``time_scale``.
+    r^{n+1} = rⁿ / (1 + K ⟨m̂, d⟩ / (2E)),     ⟨m̂, d⟩ = Σ_i τ_i m̂_i² / (1 + λτ_i) ≥ 0.
 
 Using the raw g here, ⟨g, d⟩, would be the exact chain rule for √(I+C) but is sign
 indefinite with momentum (the denominator could reach 0); with m̂ in both places the
@@ -51,8 +45,7 @@ i.e. the smallest ξ with (r^{n+1})² − r̃² ≤ η D. Since b² − 4ac = 4a
 closed form, r^{n+1} = min(r̂, √(r̃² + ηD)) and ξ₀ = (r̂ − r^{n+1})/(r̂ − r̃) when r̂ > r̃ (else 0);
 we compute it that way (no cancellation, no host sync). Guarantee: D ≤ the dissipation
 (1+λτ)-weighted term above, hence (r^{n+1})² ≤ (rⁿ)² − (1 − η)D ≤ (rⁿ)² for η ∈ [0, 1].
-The time scale enters D as 1/K so that this holds for every K (K = 1 is the paper's, and
-the adaptive methods').
+The time scale enters D as 1/K so that this holds for every K (K = 1 is the paper's).
 Seed 001 §2.4 writes the blend with ξ on r̂ and the constraint against r̂; that version
 does not imply r^{n+1} ≤ rⁿ, so the paper's form is implemented.
 
@@ -75,7 +68,7 @@ Diagnostics (all 0-d tensors, fixed keys; ``xi`` for relaxed methods only):
 ``energy`` (r^{n+1})², ``r`` r^{n+1}, ``r_hat`` √(I(θⁿ)+C) on the step's batch,
 ``q`` rⁿ/r̂ⁿ — the r carried into the step (before any reset/restart) over its defining
 value on the step's batch (paper Fig 6 plots 1 − q), ``eff_step`` the scalar step along the
-(preconditioned) gradient: K Δt (r̃/√E)/(1+λΔt) for plain methods, Δt r̃/√E for adaptive
+(preconditioned) gradient: K Δt (r̃/√E)/(1+λΔt) for plain methods, K Δt r̃/√E for adaptive
 ones (there the step is eff_step · m̂/(√v̂ + ε + λΔt)), both for the first param group;
 ``xi`` ξ₀.
 
@@ -226,15 +219,15 @@ class _SAVCore(EnergyOptimizer):
                 torch._foreach_mul_(d, to_dtype(dt / bc1, d[0]))
             else:
                 d = torch._foreach_mul(ms, to_dtype(dt / (bc1 * (denom + lam * dt)), ms[0]))
-            total = total + self._dot(ms, d) / bc1         # ⟨m̂, (I+τℒ)⁻¹ τ m̂⟩ ≥ 0
+            total = total + K * self._dot(ms, d) / bc1     # K ⟨m̂, (I+τℒ)⁻¹ τ m̂⟩ ≥ 0
             if self.relax:
-                # Σ_i (Δθ_i)²/τ_i = φ² Σ_i d_i² denom_i / Δt
+                # Σ_i (Δθ_i)²/(K τ_i) = φ² K Σ_i d_i² denom_i / Δt
                 if isinstance(denom, (list, tuple)):
                     w = self._dot(d, torch._foreach_mul(d, denom))
                 else:
                     w = self._sqnorm(d) * denom
-                budget = budget + w / dt
-            plans.append((params, d, 1.0))
+                budget = budget + K * w / dt
+            plans.append((params, d, K))
 
         # (SAV-r): r̃^{n+1} = rⁿ / (1 + Δt K ⟨g,(I+Δtℒ)⁻¹g⟩ / (2E))
         r_tilde = r_n / (1 + total / (2 * E))
@@ -254,7 +247,7 @@ class _SAVCore(EnergyOptimizer):
         self._put(anchor, "r", r_new)
 
         K0, dt0, lam0 = g0["time_scale"], g0["lr"], g0["lam"]
-        scale0 = dt0 if self.adaptive else K0 * dt0 / (1 + lam0 * dt0)
+        scale0 = K0 * dt0 if self.adaptive else K0 * dt0 / (1 + lam0 * dt0)
         self._set_diagnostics(energy=r_new * r_new, r=r_new, r_hat=sqrtE, q=r_prev / sqrtE,
                               eff_step=phi * scale0, **diag)
         return loss
@@ -308,9 +301,9 @@ class ASAV(_SAVCore):
 
     def __init__(self, params, lr: float = 0.01, C: float = 1.0, lam: float = 0.0,
                  betas=(0.9, 0.999), eps: float = 1e-8, second_moment: str = "elementwise",
-                 restart: str = "none"):
+                 restart: str = "none", time_scale: float = 1.0):
         super().__init__(params, lr=lr, C=C, lam=lam, betas=betas, eps=eps,
-                         second_moment=second_moment, restart=restart, time_scale=1.0)
+                         second_moment=second_moment, restart=restart, time_scale=time_scale)
 
 
 class AResSAV(_SAVCore):
@@ -320,9 +313,10 @@ class AResSAV(_SAVCore):
     reset = True
 
     def __init__(self, params, lr: float = 0.01, C: float = 1.0, lam: float = 0.0,
-                 betas=(0.9, 0.999), eps: float = 1e-8, second_moment: str = "elementwise"):
+                 betas=(0.9, 0.999), eps: float = 1e-8, second_moment: str = "elementwise",
+                 time_scale: float = 1.0):
         super().__init__(params, lr=lr, C=C, lam=lam, betas=betas, eps=eps,
-                         second_moment=second_moment, restart="none", time_scale=1.0)
+                         second_moment=second_moment, restart="none", time_scale=time_scale)
 
 
 class ARelSAV(_SAVCore):
@@ -336,7 +330,7 @@ class ARelSAV(_SAVCore):
     def __init__(self, params, lr: float = 0.01, C: float = 1.0, lam: float = 0.0,
                  eta: float = 0.99, betas=(0.9, 0.999), eps: float = 1e-8,
                  second_moment: str = "elementwise", restart: str = "none",
-                 rhat_batch: str = "same"):
+                 rhat_batch: str = "same", time_scale: float = 1.0):
         super().__init__(params, lr=lr, C=C, lam=lam, eta=eta, betas=betas, eps=eps,
                          second_moment=second_moment, restart=restart, rhat_batch=rhat_batch,
-                         time_scale=1.0)
+                         time_scale=time_scale)

@@ -28,9 +28,6 @@ METHODS = {
 }
 
 
-ADAPTIVE = {"asav", "aressav", "arelsav", "asav_scalar"}   # no time_scale (sav.py)
-
-
 def regression_data(n=64, d=3, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g)

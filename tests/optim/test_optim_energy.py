@@ -46,7 +46,7 @@ def run_batches(model, opt, x, y, epochs=2, size=16, hook=None):
 SAV_LIKE = [
     (SAV, {}), (RelSAV, {}), (ASAV, {}), (ARelSAV, {}), (ASAV, {"second_moment": "scalar"}),
     (ARelSAV, {"second_moment": "scalar"}), (SAV, {"lam": 4.0, "time_scale": 3.0}),
-    (RelSAV, {"lam": 4.0, "time_scale": 3.0, "eta": 1.0}), (ARelSAV, {"lam": 4.0}),
+    (RelSAV, {"lam": 4.0, "time_scale": 3.0, "eta": 1.0}), (ARelSAV, {"lam": 4.0, "time_scale": 50.0}),
 ]
 
 
@@ -125,7 +125,7 @@ def test_ressav_r_below_its_reset_value(cls, dt):
 
 @pytest.mark.parametrize("dt", DTS)
 @pytest.mark.parametrize("cls,kw", [(RelSAV, {}), (RelSAV, {"lam": 4.0, "time_scale": 3.0, "eta": 0.5}),
-                                    (ARelSAV, {}), (ARelSAV, {"lam": 2.0})],
+                                    (ARelSAV, {}), (ARelSAV, {"lam": 2.0, "time_scale": 2.0})],
                          ids=lambda v: getattr(v, "__name__", str(v)))
 def test_relaxed_xi_and_inequality(cls, kw, dt):
     """ξ ∈ [0,1]; (r^{n+1})² − r̃² ≤ η‖Δθ‖²/(KΔt) (plain; with τ = Δt/(√v̂+ε) for A-RelSAV);
@@ -167,8 +167,8 @@ def test_relaxed_xi_and_inequality(cls, kw, dt):
                         taus.append(tau.reshape(-1))
                         s += float((m_hat * tau / (1 + lam * tau) * m_hat).sum())
                     tau = torch.cat(taus)
-                    r_tilde = r_n / (1 + s / (2 * E))         # adaptive: no time scale
-                    D = float((dtheta**2 / tau).sum())
+                    r_tilde = r_n / (1 + K * s / (2 * E))
+                    D = float((dtheta**2 / (K * tau)).sum())
                 else:
                     g2 = sum(float((g * g).sum()) for g in grads)
                     r_tilde = r_n / (1 + dt * K * g2 / ((1 + lam * dt) * 2 * E))

@@ -6,7 +6,7 @@ import torch
 
 from gradflow_exp.models import TwoLayerNet
 from gradflow_exp.optim import SAV, SPM, RelSAV, ARelSAV, IEQ, ExpSAV
-from optim_testlib import ADAPTIVE, METHODS, batches, closure_for, flat, regression_data, small_net
+from optim_testlib import METHODS, batches, closure_for, flat, regression_data, small_net
 
 RESTARTABLE = {"sav", "relsav", "asav", "arelsav", "asav_scalar", "expsav", "relexpsav", "aegd"}
 
@@ -17,8 +17,7 @@ def test_every_method_lowers_the_loss(name):
     x, y = regression_data(64, 3)
     torch.manual_seed(0)
     model = TwoLayerNet(3, 1, width=16)
-    scale = {} if name in ADAPTIVE else {"time_scale": model.particle_scale}
-    opt = cls(model.parameters(), **kw, **scale)
+    opt = cls(model.parameters(), **{**kw, "time_scale": model.particle_scale})
     cl = closure_for(model, x, y)
     l0 = float(cl(backward=False))
     for _ in range(150):
