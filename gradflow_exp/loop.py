@@ -237,10 +237,15 @@ STALL_Q = 0.1
 STALL_GAIN = 0.01
 
 
+def _train_curve(rows) -> list[tuple[int, float]]:
+    """(epoch, train error) at the logged epochs, finite values only."""
+    key = "train_rel_error" if any("train_rel_error" in r for r in rows) else "train_loss"
+    return [(r["epoch"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
+
+
 def _no_progress(rows) -> bool:
     """The train error at the end is within STALL_GAIN of its value at the run's midpoint."""
-    key = "train_rel_error" if any("train_rel_error" in r for r in rows) else "train_loss"
-    pts = [(r["epoch"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
+    pts = _train_curve(rows)
     if len(pts) < 3:
         return False
     end_epoch, end = pts[-1]
@@ -267,5 +272,11 @@ def _summary(rows, status, error, steps, epochs, wall, cfg: LoopConfig) -> dict:
     elif q is not None and math.isfinite(q) and q < STALL_Q and _no_progress(rows):
         flags.append(f"stalled: q = r/r̂ = {q:.3g} at the end and the train error fell by less "
                      f"than {STALL_GAIN:.0%} over the second half of the run (r has shrunk the steps: frozen, or at a floor)")
+    curve = _train_curve(rows)
+    if len(curve) >= 2 and curve[0][0] == 0 and curve[-1][1] > curve[0][1]:
+        # finite, so not `diverged`, but the method failed: fig10's Adam at a per-particle
+        # lr of 5000 ends at a train error of 1e10
+        flags.append(f"blown_up: the train error ended at {curve[-1][1]:.3g}, above its "
+                     f"{curve[0][1]:.3g} at the start")
     return {"status": status, "error": error, "epochs_completed": epochs, "epochs_planned": cfg.epochs,
             "steps": steps, "wall_time": wall, "final": final, "best": best, "flags": flags}

@@ -173,3 +173,15 @@ def test_stalled_flag_needs_low_q_and_no_progress(curve, q, stalled):
     flags = _summary(rows, "completed", None, 1, epochs, 1.0, LoopConfig(epochs=epochs))["flags"]
     assert any(f.startswith("stalled") for f in flags) == stalled
     assert not any(f.startswith("aux_collapsed") for f in flags)      # all above collapse_q = 0.01
+
+
+@pytest.mark.parametrize("curve, blown_up", [
+    ([1.0003, 6.6e12, 1.2e10], True),      # fig10 Adam at a per-particle lr of 5000: finite, failed
+    ([1.0003, 0.54, 0.75], False),         # fig10 Adam at lr 1: worse than its best, better than its start
+    ([1.0, 0.5, float("nan")], False),     # non-finite: status diverged says it, no flag
+])
+def test_blown_up_flag_for_a_run_that_ends_above_its_start(curve, blown_up):
+    from gradflow_exp.loop import LoopConfig, _summary
+    rows = [{"epoch": 10 * i, "train_rel_error": e} for i, e in enumerate(curve)]
+    flags = _summary(rows, "completed", None, 1, 20, 1.0, LoopConfig(epochs=20))["flags"]
+    assert any(f.startswith("blown_up") for f in flags) == blown_up
