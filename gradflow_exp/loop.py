@@ -243,9 +243,9 @@ def _train_curve(rows) -> list[tuple[int, float]]:
     return [(r["epoch"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
 
 
-def _no_progress(rows) -> bool:
-    """The train error at the end is within STALL_GAIN of its value at the run's midpoint."""
-    pts = _train_curve(rows)
+def _no_progress(pts: list[tuple[int, float]]) -> bool:
+    """The train error at the end of ``pts`` (`_train_curve`) is within STALL_GAIN of its
+    value at the run's midpoint."""
     if len(pts) < 3:
         return False
     end_epoch, end = pts[-1]
@@ -265,14 +265,14 @@ def _summary(rows, status, error, steps, epochs, wall, cfg: LoopConfig) -> dict:
         if vals:
             best[k] = max(vals)
     flags = []
+    curve = _train_curve(rows)
     q = final.get("q")
     if q is not None and math.isfinite(q) and q < cfg.collapse_q:
         flags.append(f"aux_collapsed: q = r/r̂ = {q:.3g} < {cfg.collapse_q} at the end "
                      "(the auxiliary variable no longer tracks the loss; steps are tiny)")
-    elif q is not None and math.isfinite(q) and q < STALL_Q and _no_progress(rows):
+    elif q is not None and math.isfinite(q) and q < STALL_Q and _no_progress(curve):
         flags.append(f"stalled: q = r/r̂ = {q:.3g} at the end and the train error fell by less "
                      f"than {STALL_GAIN:.0%} over the second half of the run (r has shrunk the steps: frozen, or at a floor)")
-    curve = _train_curve(rows)
     if len(curve) >= 2 and curve[0][0] == 0 and curve[-1][1] > curve[0][1]:
         # finite, so not `diverged`, but the method failed: fig10's Adam at a per-particle
         # lr of 5000 ends at a train error of 1e10

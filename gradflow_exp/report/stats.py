@@ -297,8 +297,9 @@ def problem_runs_markdown(runs: pd.DataFrame) -> str:
 
 
 def flagged_runs_markdown(runs: pd.DataFrame) -> str:
-    """Completed runs the runner flagged (a collapsed or stalled auxiliary variable): their
-    numbers are in the table, and the reason to doubt them must be beside it."""
+    """Completed runs the runner flagged (a collapsed or stalled auxiliary variable, a
+    blown-up error): their numbers are in the table, and the reason to doubt them must be
+    beside it."""
     hit = runs[(runs["status"] == "completed") & (runs["flags"].fillna("") != "")]
     if hit.empty:
         return ""
