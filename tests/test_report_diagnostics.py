@@ -52,3 +52,25 @@ def test_symlog_axis_over_many_decades_has_few_ticks():
     plt.close(fig)
     assert ax.get_yscale() == "symlog" and 3 <= len(ticks) <= SYMLOG_TICKS + 1
     assert 0 in ticks and min(abs(t) for t in ticks if t != 0) > 1.5e-10   # none overprinting 0
+
+
+def test_log_axis_under_a_decade_labels_ticks_apart():
+    """fig10's energy r² stays within 1e-4 of C = 100: four significant digits would label
+    every tick "100"; the labels must differ and read back within 1 % of the tick spacing."""
+    import matplotlib.pyplot as plt
+
+    from gradflow_exp.report.figures import _set_scale
+
+    values = np.linspace(100 - 1e-4, 100 + 1e-4, 50)
+    fig, ax = plt.subplots()
+    ax.plot(values)
+    _set_scale(ax, "log", values)
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    ticks = [(t.get_position()[1], t.get_text()) for t in ax.get_yticklabels(minor=True)
+             if lo <= t.get_position()[1] <= hi]
+    plt.close(fig)
+    assert len(ticks) >= 3
+    spacing = min(np.diff(sorted(v for v, _ in ticks)))
+    assert len({lab for _, lab in ticks}) == len(ticks)
+    assert all(abs(float(lab) - v) <= 0.01 * spacing for v, lab in ticks)

@@ -12,6 +12,7 @@ through its measured epochs, with markers.
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import (  # noqa: E402
-    FixedLocator, FuncFormatter, MaxNLocator, NullLocator, SymmetricalLogLocator,
+    FixedLocator, Formatter, MaxNLocator, NullLocator, SymmetricalLogLocator,
 )
 
 # (column or derived name, panel title, y scale); a panel appears only when its data exists.
@@ -122,9 +123,26 @@ def _set_scale(ax, scale: str, values: np.ndarray) -> None:
         pos = values[np.isfinite(values) & (values > 0)]
         if pos.size and pos.max() < 10 * pos.min():
             # Under one decade matplotlib labels minor ticks as 9.975×10⁻¹; plain numbers read better.
-            plain = FuncFormatter(lambda v, _: f"{v:.4g}")
-            ax.yaxis.set_major_formatter(plain)
-            ax.yaxis.set_minor_formatter(plain)
+            ax.yaxis.set_major_formatter(PlainDistinct())
+            ax.yaxis.set_minor_formatter(PlainDistinct())
+
+
+class PlainDistinct(Formatter):
+    """Plain numbers with as few significant digits (at least 4) as label every tick to
+    within 1 % of the tick spacing: fig10's energy r² spans 99.9999…100.0001, which 4
+    digits label "100" on every tick."""
+
+    def format_ticks(self, values):
+        steps = np.diff(np.unique(values))
+        tol = 0.01 * steps.min() if steps.size else math.inf
+        for digits in range(4, 18):
+            labels = [f"{v:.{digits}g}" for v in values]
+            if all(abs(float(lab) - v) <= tol for lab, v in zip(labels, values)):
+                break
+        return labels
+
+    def __call__(self, x, pos=None):
+        return f"{x:.4g}"
 
 
 def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str = "minmax") -> list[Path]:
