@@ -130,22 +130,27 @@ def build(cfg: DictConfig):
     return data, model, loss_fn, optimizer, loop_cfg
 
 
+# PyTorch's own choice (the CPUs this process may use, OMP_NUM_THREADS), taken before any run
+# sets it: 'auto' must restore it, not inherit the last job's 1 in a sequential multirun.
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
 
-def set_threads(threads, model, batch_size: int, device: torch.device) -> None:
-    """CPU intra-op threads. 'auto': one thread when a step is small (batch × parameters
-    < 1e6, e.g. fig7): there a second thread costs more in synchronisation than it saves
-    (on a busy 2-core machine up to 10× per step); also one per job under the joblib and
-    submitit_local launchers, whose jobs run side by side on one machine; otherwise
-    PyTorch's default (the CPUs this process may use, e.g. a Slurm job's cpus_per_task)."""
+def set_threads(threads, model, batch_size: int, device: torch.device, copies: int = 1) -> None:
+    """CPU intra-op threads. 'auto': one thread when a step is small (copies × batch ×
+    parameters < 1e6, e.g. fig7; ``copies``: the replicas trained as one batch): there a
+    second thread costs more in synchronisation than it saves (on a busy 2-core machine up
+    to 10× per step); also one per job under the joblib and submitit_local launchers, whose
+    jobs run side by side on one machine; otherwise PyTorch's default (DEFAULT_THREADS)."""
     if device.type != "cpu":
         return
     if threads == "auto":
-        work = batch_size * sum(p.numel() for p in model.parameters())
-        if work < 1e6 or _parallel_local_launcher():
-            torch.set_num_threads(1)
+        work = copies * batch_size * sum(p.numel() for p in model.parameters())
+        small = work < 1e6 or _parallel_local_launcher()
+        torch.set_num_threads(1 if small else DEFAULT_THREADS)
         return
     if not isinstance(threads, int) or threads <= 0:
         raise ConfigError(f"threads={threads!r}; valid: auto or a positive integer")
@@ -251,6 +256,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             batch = replicas.prepare(cfg, run_dir, build, fingerprint, same_run)
         except (ValueError, TypeError, hydra.errors.InstantiationException) as e:
             raise ConfigError(_short(e)) from None
+        if batch.built:     # each build sized the threads for one replica; the batch does all
+            first = batch.built[0]
+            set_threads(cfg.get("threads", "auto"), first["model"],
+                        first["loop_cfg"].batch_size or first["data"].x_train.shape[0],
+                        first["data"].x_train.device, copies=len(batch.built))
         return batch.run()
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -160,3 +160,21 @@ def test_bad_replica_values_and_resume_are_refused(tmp_path):
     with pytest.raises(SystemExit) as e:
         expand_resume([f"resume={run_dir}"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("seeds, threads", [("[0]", 1), ("[0,1,2,3]", 2)])
+def test_threads_auto_sizes_the_whole_batch(seeds, threads, tmp_path, monkeypatch):
+    """threads=auto counts every replica's work: one fig7 model of width 100 at batch 64 is
+    a small step (2.7e5 < 1e6: one thread), four of them in one batch are not (PyTorch's
+    default, here pinned to 2), and a job after a small one gets the default back."""
+    from gradflow_exp import train
+
+    monkeypatch.setattr(train, "DEFAULT_THREADS", 2)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _run(SMALL_FIG7 + ["optimizer=sgd", "model.width=100", "trainer.epochs=1", "threads=auto",
+                           f"replicas.seeds={seeds}"], tmp_path / "batch")
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(old)
