@@ -272,3 +272,25 @@ def test_flagged_runs_are_named_under_the_table(tmp_path):
     assert str(tmp_path / "r" / "1") not in md.split("Completed runs with flags")[1]
     assert main([str(tmp_path / "r"), "--out", str(tmp_path / "o2"), "--until", "1"]) == 0
     assert "Completed runs with flags" not in (tmp_path / "o2" / "summary.md").read_text()
+
+
+def test_a_blown_up_run_leaves_the_axis_through_a_marked_top_edge(tmp_path, monkeypatch):
+    """fig10's Adam at lr 5000 ends at 1e10: the error panels stop at BLOWUP = 10× the largest
+    start (here 1.0), the run gets a ▲ where it leaves, and the falling run keeps its decades."""
+    from gradflow_exp.report import figures
+
+    root = tmp_path / "m"
+    make_run(root / "0", optimizer="sgd", test=(1.0, 0.1, 1e-3))
+    make_run(root / "1", optimizer="adam", test=(1.0, 5.0, 1e4, 1e10))
+    drawn = []
+    monkeypatch.setattr(figures.plt, "close", drawn.append)      # keep the figure to inspect
+    figures.plot_experiment(load_runs([root]), "fig7", tmp_path / "out")
+    (fig,) = drawn
+    (ax,) = [ax for ax in fig.axes if ax.get_title() == "test relative error"]
+    assert ax.get_ylim()[1] == pytest.approx(figures.BLOWUP * 1.0)
+    assert ax.get_ylim()[0] < 1e-3                       # sgd's decades are still on the axis
+    ups = [ln for ln in ax.lines if ln.get_marker() == "^"]
+    assert len(ups) == 1 and ups[0].get_xdata()[0] == 2   # adam first exceeds 10 at epoch 2
+    assert any("off the axis" in t.get_text() for t in fig.legends[0].get_texts())
+    # nothing above the cap: no cap, no marker
+    assert figures.blowup_cap(load_runs([root / "0"]), "test_rel_error") is None

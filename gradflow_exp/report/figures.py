@@ -3,6 +3,8 @@ errors on a log y axis, one curve per method (median over seeds with a band).
 
 Diverged runs are drawn up to their last finite value and end in an ×, and the legend says
 how many seeds diverged or failed: a method that blew up must not look like one that won.
+A run that blows up and stays finite leaves the error panels through their top edge
+(BLOWUP × the largest starting error), marked ▲, so the others keep their scale.
 
 Diagnostics get panels when their columns exist: the Hessian's λ_max on a log axis with the
 stability limit 2/Δt dashed in the same colour (non-positive λ_max is dropped there), λ_min
@@ -42,6 +44,11 @@ PANELS = [
 SPARSE = {"hess_lambda_max", "hess_lambda_min", "grad_snr"}
 COMPANION = {"hess_lambda_max": "stability_limit"}
 BANDS = {"minmax": ("min–max", 0.0, 100.0), "iqr": ("IQR", 25.0, 75.0)}
+# Error panels end at BLOWUP × the largest starting value: a run that blew up to 1e10
+# (fig10's Adam at lr 5000) would otherwise squeeze every other curve into the bottom
+# decade. Where a run leaves the axis it gets a ▲ on the top edge.
+CAPPED = {"train_rel_error", "test_rel_error"}
+BLOWUP = 10.0
 
 
 def add_derived(df: pd.DataFrame) -> pd.DataFrame:
@@ -85,6 +92,27 @@ def last_finite(mat: pd.DataFrame, run_dir: str):
         return None
     col = mat[run_dir].dropna()
     return (float(col.index[-1]), float(col.iloc[-1])) if len(col) else None
+
+
+def blowup_cap(g: pd.DataFrame, column: str) -> float | None:
+    """The error panel's top (BLOWUP × the largest of the runs' first values), or None
+    when nothing rises above it."""
+    if column not in CAPPED or column not in g.columns:
+        return None
+    v = g[["run_dir", "epoch", column]].dropna().sort_values("epoch", kind="stable")
+    v = v[np.isfinite(v[column].astype(float)) & (v[column].astype(float) > 0)]
+    if v.empty:
+        return None
+    cap = BLOWUP * float(v.groupby("run_dir")[column].first().max())
+    return cap if float(v[column].max()) > cap else None
+
+
+def first_above(mat: pd.DataFrame, run_dir: str, cap: float):
+    """The first epoch where a run's curve rises above ``cap``; None if it never does."""
+    if run_dir not in mat.columns:
+        return None
+    above = mat[run_dir].dropna() > cap
+    return float(above.idxmax()) if above.any() else None
 
 
 def legend_label(method: str, statuses: pd.Series) -> str:
@@ -158,6 +186,7 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
         ax.set_visible(False)
     axes = grid.ravel()[:len(panels)]
     handles, stopped = [], set()       # statuses of runs that stopped early (marked ×)
+    caps = {col: blowup_cap(g_exp, col) for col, _, _ in panels}
     seeds = g_exp.groupby("method", sort=False)["run_dir"].nunique()
     for i, method in enumerate(methods):
         color = colors[i % len(colors)]
@@ -178,21 +207,33 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
                 cx, cmed, _, _ = median_band(seed_matrix(g, COMPANION[col], scale), band)
                 keep = np.isfinite(cmed)
                 ax.plot(cx[keep], cmed[keep], color=color, lw=1.0, ls="--")
+            cap = caps[col]
             for run_dir, st in statuses.items():
                 end = last_finite(mat, run_dir) if st != "completed" else None
                 if end is not None:
-                    ax.plot(*end, marker="x", ms=8, mew=2, color=color, ls="none", zorder=5)
+                    y = min(end[1], cap) if cap else end[1]
+                    ax.plot(end[0], y, marker="x", ms=8, mew=2, color=color, ls="none", zorder=5, clip_on=False)
                     stopped.add(st)
+                out = first_above(mat, run_dir, cap) if cap else None
+                if out is not None:
+                    ax.plot(out, cap, marker="^", ms=8, color=color, ls="none", zorder=5, clip_on=False)
         handles.append(Line2D([], [], color=color, lw=1.6, label=legend_label(method, statuses)))
     for ax, (col, title, scale) in zip(axes, panels):
         vals = g_exp[col].astype(float).to_numpy() if col in g_exp.columns else np.array([])
         if COMPANION.get(col) in g_exp.columns:
             vals = np.concatenate([vals, g_exp[COMPANION[col]].astype(float).to_numpy()])
+        if caps[col]:
+            vals = np.minimum(vals, caps[col])
         _set_scale(ax, scale, vals)
+        if caps[col]:
+            ax.set_ylim(top=caps[col])
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="major", alpha=0.3)
+    if any(caps.values()):
+        handles.append(Line2D([], [], color="k", marker="^", ls="none",
+                              label=f"above {BLOWUP:g}× the start: off the axis from here"))
     if stopped:
         handles.append(Line2D([], [], color="k", marker="x", ls="none", mew=2, label="run stopped (" + "/".join(sorted(stopped)) + ")"))
     n_max = int(seeds.max()) if len(seeds) else 0
