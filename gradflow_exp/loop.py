@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from gradflow_exp.cli import check_diagnostics, check_scheduler, check_trainer
 from gradflow_exp.data import Dataset
 from gradflow_exp.diagnostics import build_diagnostics
+from gradflow_exp.flags import COLLAPSE_Q, run_flags
 from gradflow_exp.losses import metric_sums, metrics_from_sums
 from gradflow_exp.optim import BatchClosure
 from gradflow_exp.schedulers import build_scheduler
@@ -48,7 +49,7 @@ class LoopConfig:
     shuffle: bool = True
     progress: bool = True
     eval_chunk: int = 8192            # rows per forward pass when evaluating full sets
-    collapse_q: float = 0.01          # summary flags q = r/r̂ below this as a collapsed auxiliary variable
+    collapse_q: float = COLLAPSE_Q    # summary flags q = r/r̂ below this as a collapsed auxiliary variable
     checkpoint_every: int | None = None   # epochs between on_checkpoint calls (None: none)
     scheduler: dict | None = None     # the `scheduler` node (None: constant lr)
     diagnostics: dict | None = None   # the `diagnostics` node (None: none)
@@ -229,30 +230,6 @@ def _finite_row(row: dict) -> bool:
     return all(math.isfinite(row[k]) for k in ERROR_METRICS if k in row)
 
 
-# A run whose q sits above collapse_q can still be frozen (fig6's RelSAV at λ = 4: q = 0.013,
-# train error 0.3052 → 0.3046 over 10 epochs). Runs that train have either q near 1 or, with
-# SAV's restart=epoch, q ≈ 0.05–0.2 at epoch ends while the error keeps falling, so a low q
-# counts as stalled only together with no progress.
-STALL_Q = 0.1
-STALL_GAIN = 0.01
-
-
-def _train_curve(rows) -> list[tuple[int, float]]:
-    """(epoch, train error) at the logged epochs, finite values only."""
-    key = "train_rel_error" if any("train_rel_error" in r for r in rows) else "train_loss"
-    return [(r["epoch"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
-
-
-def _no_progress(pts: list[tuple[int, float]]) -> bool:
-    """The train error at the end of ``pts`` (`_train_curve`) is within STALL_GAIN of its
-    value at the run's midpoint."""
-    if len(pts) < 3:
-        return False
-    end_epoch, end = pts[-1]
-    mid = next(v for e, v in pts if e >= end_epoch / 2)
-    return end >= (1 - STALL_GAIN) * mid
-
-
 def _summary(rows, status, error, steps, epochs, wall, cfg: LoopConfig) -> dict:
     final = dict(rows[-1]) if rows else {}
     best = {}
@@ -264,19 +241,6 @@ def _summary(rows, status, error, steps, epochs, wall, cfg: LoopConfig) -> dict:
         vals = [r[k] for r in rows if k in r and math.isfinite(r[k])]
         if vals:
             best[k] = max(vals)
-    flags = []
-    curve = _train_curve(rows)
-    q = final.get("q")
-    if q is not None and math.isfinite(q) and q < cfg.collapse_q:
-        flags.append(f"aux_collapsed: q = r/r̂ = {q:.3g} < {cfg.collapse_q} at the end "
-                     "(the auxiliary variable no longer tracks the loss; steps are tiny)")
-    elif q is not None and math.isfinite(q) and q < STALL_Q and _no_progress(curve):
-        flags.append(f"stalled: q = r/r̂ = {q:.3g} at the end and the train error fell by less "
-                     f"than {STALL_GAIN:.0%} over the second half of the run (r has shrunk the steps: frozen, or at a floor)")
-    if len(curve) >= 2 and curve[0][0] == 0 and curve[-1][1] > curve[0][1]:
-        # finite, so not `diverged`, but the method failed: fig10's Adam at a per-particle
-        # lr of 5000 ends at a train error of 1e10
-        flags.append(f"blown_up: the train error ended at {curve[-1][1]:.3g}, above its "
-                     f"{curve[0][1]:.3g} at the start")
     return {"status": status, "error": error, "epochs_completed": epochs, "epochs_planned": cfg.epochs,
-            "steps": steps, "wall_time": wall, "final": final, "best": best, "flags": flags}
+            "steps": steps, "wall_time": wall, "final": final, "best": best,
+            "flags": run_flags(rows, cfg.collapse_q)}

@@ -294,3 +294,21 @@ def test_a_blown_up_run_leaves_the_axis_through_a_marked_top_edge(tmp_path, monk
     assert any("off the axis" in t.get_text() for t in fig.legends[0].get_texts())
     # nothing above the cap: no cap, no marker
     assert figures.blowup_cap(load_runs([root / "0"]), "test_rel_error") is None
+
+
+def test_flags_are_recomputed_from_the_curve_for_runs_written_before_them(tmp_path):
+    """Run directories from before a flag existed carry no such flag in summary.json: the
+    report finds it in metrics.csv (blown_up: ends above its start; stalled: low q and no
+    progress), without repeating a flag the summary already has."""
+    root = tmp_path / "r"
+    make_run(root / "0", optimizer="adam", train=(0.5, 5.0, 5e9), test=(1.0, 10.0, 1e10))
+    q = {"q": [float("nan"), 0.05, 0.05]}
+    make_run(root / "1", optimizer="sav", train=(0.5, 0.3, 0.2999), extra=q)
+    make_run(root / "2", optimizer="sav", train=(0.5, 0.3, 0.2999), extra=q, seed=1,
+             flags=["stalled: as the loop wrote it"])
+    make_run(root / "3", optimizer="sgd")
+    flags = load_runs([root]).groupby("run_dir", sort=False).flags.first().tolist()
+    assert flags[0].startswith("blown_up: the train error ended at 5e+09")
+    assert flags[1].startswith("stalled: q = r/r̂ = 0.05")
+    assert flags[2] == "stalled: as the loop wrote it"
+    assert flags[3] == ""

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from gradflow_exp.flags import COLLAPSE_Q, run_flags
+
 RUN_MARKERS = ("summary.json", "metrics.csv")
 # Directories that hold a run's internals, never another run.
 SKIP_DIRS = {".hydra", "wandb", "__pycache__"}
@@ -235,6 +237,18 @@ def method_labels(runs: list[Run]) -> list[str]:
     return labels
 
 
+def _flags(run: Run) -> list[str]:
+    """The summary's flags, and those `run_flags` finds in metrics.csv that it lacks: a run
+    finished before a flag existed (``blown_up``, ``stalled``) gets it here."""
+    flags = [str(f) for f in run.summary.get("flags") or []]
+    if run.metrics is None or not run.summary.get("status"):
+        return flags             # no curve, or not ended: nothing to judge at its end
+    kinds = {f.split(":", 1)[0] for f in flags}
+    collapse_q = float(run.config.get("trainer.collapse_q", COLLAPSE_Q))
+    rows = [{k: v for k, v in r.items() if not pd.isna(v)} for r in run.metrics.to_dict("records")]
+    return flags + [f for f in run_flags(rows, collapse_q) if f.split(":", 1)[0] not in kinds]
+
+
 def _run_rows(run: Run, label: str) -> pd.DataFrame:
     s = run.summary
     wall = s.get("wall_time")
@@ -242,7 +256,7 @@ def _run_rows(run: Run, label: str) -> pd.DataFrame:
             "optimizer": run.optimizer, "seed": run.seed, "status": run.status,
             "epochs_completed": s.get("epochs_completed"),
             "run_wall_time": wall if isinstance(wall, (int, float)) else math.nan,
-            "error": s.get("error") or "", "flags": "; ".join(map(str, s.get("flags") or []))}
+            "error": s.get("error") or "", "flags": "; ".join(_flags(run))}
     if run.metrics is None:
         # No curve (failed on bad input, or killed before logging): one row keeps the run
         # visible in every table; its epoch and metrics are NaN.
