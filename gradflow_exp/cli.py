@@ -298,8 +298,15 @@ def expand_resume(args: list[str]) -> list[str]:
              f"command again with hydra.run.dir={run_dir}: finished replicas are skipped, the others start "
              "again from epoch 0")
     rest = [a for a in args if not a.startswith(("resume=", "hydra.run.dir="))]
+    # a key given again replaces the saved value instead of piling up in overrides.yaml
+    given = {_override_key(a) for a in rest}
+    overrides = [o for o in overrides if _override_key(o) not in given]
     # hydra.mode=RUN: a job of a sweep (hparams_search sets MULTIRUN) resumes as itself.
     return overrides + rest + [f"hydra.run.dir={run_dir}", "hydra.mode=RUN"]
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _compose(overrides: list[str]) -> DictConfig | None:

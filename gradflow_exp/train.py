@@ -34,7 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gradflow_exp import replicas
+from gradflow_exp import jobdir, replicas
 from gradflow_exp.cli import CONF_DIR, preflight, validate_config
 from gradflow_exp.data import build_dataset
 from gradflow_exp.losses import build_training_loss, penalty_stretched_over_run
@@ -256,6 +256,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             batch = replicas.prepare(cfg, run_dir, build, fingerprint, same_run)
         except (ValueError, TypeError, hydra.errors.InstantiationException) as e:
             raise ConfigError(_short(e)) from None
+        jobdir.accept(run_dir)
         if batch.built:     # each build sized the threads for one replica; the batch does all
             first = batch.built[0]
             set_threads(cfg.get("threads", "auto"), first["model"],
@@ -271,7 +272,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     extend = not same_run(previous.get("fingerprint"), resolved)
     if extend:
         if not only_epochs_differ(previous, resolved):
-            raise ConfigError(f"{run_dir} already holds a run of another configuration; "
+            inert = tuple(k for k in INERT if _inert(resolved, k))    # keys newer than the run
+            changes = jobdir.changed_keys(run_dir, cfg, ignore=NOT_IDENTITY + inert + ("trainer.epochs",))
+            what = f" ({'; '.join(changes)})" if changes else ""
+            if any(c.startswith("device:") for c in changes):
+                raise ConfigError(f"{run_dir} holds a run made on another device{what}: a run cannot move "
+                                  "between devices (its random streams, SPM's included, are the device's); "
+                                  "resume it on its own device, or start a new run in a new hydra.run.dir")
+            raise ConfigError(f"{run_dir} already holds a run of another configuration{what}; "
                               "use a new hydra.run.dir (or hydra.sweep.dir)")
         why = cannot_extend(previous, resolved, run_dir)
         if why:
@@ -287,6 +295,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         data, model, loss_fn, optimizer, loop_cfg = build(cfg)
     except (ValueError, TypeError, hydra.errors.InstantiationException) as e:
         raise ConfigError(_short(e)) from None
+    jobdir.accept(run_dir)
     ckpt = None
     if "fingerprint" in previous and (run_dir / "checkpoint.pt").is_file():
         ckpt = _load_checkpoint(run_dir / "checkpoint.pt")
@@ -379,12 +388,13 @@ def hydra_main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    held_run = jobdir.holds_run(run_dir)
     try:
         summary = run(cfg, run_dir)
     except ConfigError as e:
         # Bad input: one line, no traceback, nothing trained. A fresh run directory says
-        # so; one that holds a run keeps its files.
-        if not (run_dir / "summary.json").exists() and not any(run_dir.glob("*/summary.json")):   # nor replicas
+        # so; one that holds a run keeps its files, .hydra/ included (jobdir.settle).
+        if not held_run:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / "summary.json", {"status": "failed", "error": str(e), "run_dir": str(run_dir)})
         print(f"error: {e}", file=sys.stderr)
@@ -397,6 +407,8 @@ def hydra_main(cfg: DictConfig) -> float:
         if not multirun:
             sys.exit(1)
         return float("inf")
+    finally:
+        jobdir.settle(run_dir, held_run)
     if summary["status"] == "interrupted":
         sys.exit(128 + signal.SIGTERM)      # stop here, sweep included, as a killed process would
     return objective(summary, cfg.get("hparams_objective", "final"))

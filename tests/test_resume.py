@@ -218,3 +218,40 @@ def test_finished_run_extends_to_more_epochs(tmp_path, caplog):
     run(compose_cfg(base + ["trainer.epochs=3", *warm]), tmp_path / "warmup")
     with pytest.raises(ConfigError, match="warm-up cosine schedule is stretched over trainer.epochs"):
         run(compose_cfg(base + ["trainer.epochs=6", *warm]), tmp_path / "warmup")
+
+
+def test_a_refused_command_keeps_the_runs_record(tmp_path, monkeypatch, capsys):
+    """Hydra writes a job's .hydra/ before the job can refuse it: a resume with another
+    setting must not overwrite the run's record (resume=RUN would rebuild the refused
+    command from it). The refusal names what differs; an accepted extension records the
+    new length once, not beside the old one."""
+    import yaml
+
+    run_dir = tmp_path / "run"
+    base = [*SMALL, "experiment=fig7", "dataset.M=300", "optimizer=sgd", "trainer.epochs=2", "threads=1",
+            f"hydra.run.dir={run_dir}"]
+    hydra_inprocess(*base, monkeypatch=monkeypatch)
+    record = {f.name: f.read_bytes() for f in (run_dir / ".hydra").iterdir()}
+    for refused, why in ((["optimizer.lr=0.5"], "another configuration (optimizer.lr: 0.01 → 0.5)"),
+                         (["seed=3", "trainer.epochs=4"], "(seed: 0 → 3)")):
+        with pytest.raises(SystemExit) as exit_:
+            hydra_inprocess(f"resume={run_dir}", *refused, monkeypatch=monkeypatch)
+        assert exit_.value.code == 2 and why in capsys.readouterr().err
+        assert {f.name: f.read_bytes() for f in (run_dir / ".hydra").iterdir()} == record
+        assert not (run_dir / ".hydra_pending").exists()
+    hydra_inprocess(f"resume={run_dir}", "trainer.epochs=3", monkeypatch=monkeypatch)
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_completed"] == 3
+    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    assert [o for o in overrides if o.startswith("trainer.epochs=")] == ["trainer.epochs=3"]
+    assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["trainer"]["epochs"] == 3
+
+
+def test_a_fresh_run_that_fails_on_bad_input_records_its_config(tmp_path, monkeypatch):
+    """Input only the job can check (a batch larger than the data): the fresh directory
+    says failed, and keeps the command's config to say what failed."""
+    run_dir = tmp_path / "bad"
+    with pytest.raises(SystemExit):
+        hydra_inprocess(*SMALL, "experiment=fig7", "dataset.M=300", "trainer.batch_size=5000",
+                        f"hydra.run.dir={run_dir}", monkeypatch=monkeypatch)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and not (run_dir / ".hydra_pending").exists()

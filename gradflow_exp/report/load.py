@@ -18,7 +18,7 @@ from gradflow_exp.flags import COLLAPSE_Q, run_flags
 
 RUN_MARKERS = ("summary.json", "metrics.csv")
 # Directories that hold a run's internals, never another run.
-SKIP_DIRS = {".hydra", "wandb", "__pycache__"}
+SKIP_DIRS = {".hydra", ".hydra_pending", "wandb", "__pycache__"}
 # Config keys whose differences do not make a different method: the seed is the replicate
 # axis; the rest only change how a run is logged or where it computes.
 # Keys that say how a run was executed or logged, not which method it is.
