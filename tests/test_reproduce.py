@@ -43,3 +43,20 @@ def test_reproduce_runs_the_reference_curves(tmp_path):
     assert json.loads((ref_runs[0] / "summary.json").read_text())["status"] == "completed"
     table = pd.read_csv(out / "report" / "summary.csv")
     assert len(table) == 5 and "sgd" in set(table.method)     # 4 SPM methods at Δt 0.4, and the reference
+
+
+def test_fig10_references_run_at_a_plain_lr_beside_per_particle_methods():
+    """fig10's methods take Δt per particle (lr = K·Δt, K = m/2); its references Adam,
+    Adagrad and RMSprop(1e-3) run at lr 1e-3 itself (at K·1e-3 = 5 Adam and RMSprop blow up)."""
+    from gradflow_exp.reproduce import references
+    from gradflow_exp.train import build
+    from helpers import SMALL, compose_cfg
+
+    small = [*SMALL, "experiment=fig10", "dataset.M=300", "model.width=20", "trainer.batch_size=64"]
+    refs = references("fig10", [])
+    assert [r.split()[0] for r in refs] == ["optimizer=adam", "optimizer=adagrad", "optimizer=rmsprop"]
+    for ref in refs:
+        optimizer = build(compose_cfg(small + ref.split()))[3]
+        assert optimizer.param_groups[0]["lr"] == 1e-3
+    method = build(compose_cfg(small + ["optimizer=spm_sgd", "optimizer.lr=1"]))[3]
+    assert method.param_groups[0]["lr"] == 10.0          # K = m/2 = 10 for width 20
