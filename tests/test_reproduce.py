@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 
 def test_reproduce_runs_the_method_set_and_reports(tmp_path):
@@ -45,18 +46,23 @@ def test_reproduce_runs_the_reference_curves(tmp_path):
     assert len(table) == 5 and "sgd" in set(table.method)     # 4 SPM methods at Δt 0.4, and the reference
 
 
-def test_fig10_references_run_at_a_plain_lr_beside_per_particle_methods():
-    """fig10's methods take Δt per particle (lr = K·Δt, K = m/2); its references Adam,
-    Adagrad and RMSprop(1e-3) run at lr 1e-3 itself (at K·1e-3 = 5 Adam and RMSprop blow up)."""
+@pytest.mark.parametrize("experiment, names, method", [
+    ("fig10", ["optimizer=adam", "optimizer=adagrad", "optimizer=rmsprop"], "optimizer=spm_sgd"),
+    ("fig4", ["optimizer=adam"], "optimizer=spm_adam"),
+])
+def test_library_references_run_at_a_plain_lr_beside_per_particle_methods(experiment, names, method):
+    """The methods take Δt per particle (lr = K·Δt, K = m/2); references named by a library
+    optimizer, Adam/Adagrad/RMSprop(1e-3), run at lr 1e-3 itself (on fig10 at K·1e-3 = 5
+    Adam and RMSprop blow up)."""
     from gradflow_exp.reproduce import references
     from gradflow_exp.train import build
     from helpers import SMALL, compose_cfg
 
-    small = [*SMALL, "experiment=fig10", "dataset.M=300", "model.width=20", "trainer.batch_size=64"]
-    refs = references("fig10", [])
-    assert [r.split()[0] for r in refs] == ["optimizer=adam", "optimizer=adagrad", "optimizer=rmsprop"]
+    small = [*SMALL, f"experiment={experiment}", "dataset.M=300", "model.width=20", "trainer.batch_size=64"]
+    refs = references(experiment, [])
+    assert [r.split()[0] for r in refs] == names
     for ref in refs:
         optimizer = build(compose_cfg(small + ref.split()))[3]
         assert optimizer.param_groups[0]["lr"] == 1e-3
-    method = build(compose_cfg(small + ["optimizer=spm_sgd", "optimizer.lr=1"]))[3]
-    assert method.param_groups[0]["lr"] == 10.0          # K = m/2 = 10 for width 20
+    optimizer = build(compose_cfg(small + [method, "optimizer.lr=1"]))[3]
+    assert optimizer.param_groups[0]["lr"] == 10.0          # K = m/2 = 10 for width 20
