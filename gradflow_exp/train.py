@@ -281,6 +281,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                   "resume it on its own device, or start a new run in a new hydra.run.dir")
             raise ConfigError(f"{run_dir} already holds a run of another configuration{what}; "
                               "use a new hydra.run.dir (or hydra.sweep.dir)")
+        if previous.get("status") == "diverged":
+            # the longer run is this one up to the same NaN: nothing more to compute
+            log.info("%s: diverged at epoch %s; a longer run diverges there too: skipping it",
+                     run_dir, previous.get("epochs_completed"))
+            return previous
         why = cannot_extend(previous, resolved, run_dir)
         if why:
             raise ConfigError(f"{run_dir} holds this run with trainer.epochs={previous['epochs_planned']}; "

@@ -255,3 +255,20 @@ def test_a_fresh_run_that_fails_on_bad_input_records_its_config(tmp_path, monkey
                         f"hydra.run.dir={run_dir}", monkeypatch=monkeypatch)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
     assert (run_dir / ".hydra" / "config.yaml").is_file() and not (run_dir / ".hydra_pending").exists()
+
+
+def test_a_diverged_run_asked_for_more_epochs_is_skipped(tmp_path, caplog):
+    """A longer run of a diverged one is that run up to the same NaN: extending a sweep
+    (gradflow-reproduce FIG --epochs N into the same directory) skips it, files untouched."""
+    from gradflow_exp.train import run
+
+    base = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=sgd", "optimizer.lr=500", "threads=1"]
+    run_dir = tmp_path / "run"
+    first = run(compose_cfg(base + ["trainer.epochs=2"]), run_dir)
+    assert first["status"] == "diverged"
+    stamp = (run_dir / "metrics.csv").stat().st_mtime_ns
+    written = json.loads((run_dir / "summary.json").read_text())
+    with caplog.at_level("INFO", logger="gradflow_exp"):
+        again = run(compose_cfg(base + ["trainer.epochs=5"]), run_dir)
+    assert again == written and "a longer run diverges there too: skipping it" in caplog.text
+    assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
