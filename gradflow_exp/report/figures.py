@@ -108,11 +108,19 @@ def blowup_cap(g: pd.DataFrame, column: str) -> float | None:
 
 
 def first_above(mat: pd.DataFrame, run_dir: str, cap: float):
-    """The first epoch where a run's curve rises above ``cap``; None if it never does."""
+    """Where a run's curve first crosses ``cap`` on a log axis (the epoch, interpolated
+    between the logged points around it, where its line leaves the axis); None if never."""
     if run_dir not in mat.columns:
         return None
-    above = mat[run_dir].dropna() > cap
-    return float(above.idxmax()) if above.any() else None
+    col = mat[run_dir].dropna()
+    above = (col > cap).to_numpy()
+    if not above.any():
+        return None
+    i = int(above.argmax())
+    if i == 0:
+        return float(col.index[0])
+    (x0, y0), (x1, y1) = (float(col.index[i - 1]), col.iloc[i - 1]), (float(col.index[i]), col.iloc[i])
+    return x0 + (x1 - x0) * math.log(cap / y0) / math.log(y1 / y0)
 
 
 def legend_label(method: str, statuses: pd.Series) -> str:
