@@ -43,22 +43,15 @@ def settle(run_dir: Path, held_run: bool) -> None:
 def changed_keys(run_dir: Path, cfg: DictConfig, ignore=(), limit: int = 6) -> list[str]:
     """'key: recorded → now' for the config keys where ``cfg`` differs from the run recorded
     in ``run_dir`` (empty when there is no readable record)."""
+    from gradflow_exp.report.load import flatten   # here: pandas only on this refusal path
+
     try:
-        old = _flat(OmegaConf.to_container(OmegaConf.load(run_dir / RECORD / "config.yaml")))
+        old = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / RECORD / "config.yaml")))
     except Exception:  # noqa: BLE001 - no record, or not ours
         return []
-    new = _flat(OmegaConf.to_container(cfg))
+    new = flatten(OmegaConf.to_container(cfg))
     keys = [k for k in sorted(old.keys() | new.keys())
             if old.get(k, "<unset>") != new.get(k, "<unset>") and not k.startswith(tuple(ignore))]
     out = [f"{k}: {old.get(k, '<unset>')} → {new.get(k, '<unset>')}" for k in keys[:limit]]
     return out + [f"… {len(keys) - limit} more"] if len(keys) > limit else out
 
-
-def _flat(d, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
