@@ -261,6 +261,20 @@ def test_until_compares_runs_of_different_lengths_at_one_epoch(tmp_path, capsys)
     assert "--until -1" in capsys.readouterr().err
 
 
+def test_table_says_at_which_epochs_final_values_were_taken(tmp_path):
+    """Runs of one method that end at different epochs (one trained on, one not): the table
+    gives the span, so "final" is never read as one epoch's value."""
+    make_run(tmp_path / "r" / "0", seed=0, test=[1.0 / (e + 1) for e in range(11)])
+    make_run(tmp_path / "r" / "1", seed=1, test=[2.0 / (e + 1) for e in range(7)])
+    make_run(tmp_path / "r" / "2", optimizer="sav", seed=0, test=(1.0, 0.5, 0.2))
+    table = stats.method_table(stats.per_run(load_runs([tmp_path / "r"])))
+    assert table.set_index("method").loc["sgd", ["epochs_min", "epochs_max"]].tolist() == [6.0, 10.0]
+    md = stats.method_markdown(table).splitlines()
+    col = md[0].split(" | ").index("epochs")
+    cells = {ln.split(" | ")[1]: ln.split(" | ")[col] for ln in md[2:]}
+    assert cells == {"sgd": "6–10", "sav": "2"}
+
+
 def test_flagged_runs_are_named_under_the_table(tmp_path):
     """A completed run whose summary carries a flag (here: stalled) is listed with it below
     the summary table; --until drops flags that describe a later end."""

@@ -103,12 +103,16 @@ def status_counts(statuses) -> str:
 def method_table(runs: pd.DataFrame, metric: str = "test_rel_error", target: float = 1e-3) -> pd.DataFrame:
     """Per (experiment, method): n seeds, status counts, mean/CI/median/n of final and best
     of each metric over seeds, how many seeds reached the target and the median epoch and
-    time at which they did, mean wall time per epoch. Numbers only (the Markdown adds text)."""
+    time at which they did, mean wall time per epoch, the earliest and latest last epoch of
+    its runs. Numbers only (the Markdown adds text)."""
     metrics = [c[len("final_"):] for c in runs.columns if c.startswith("final_")]
     rows = []
     for (exp, method), g in runs.groupby(["experiment", "method"], sort=False):
         row = {"experiment": exp, "method": method, "n": len(g),
                "seeds": int(g["seed"].nunique()), "status": status_counts(g["status"])}
+        ends = _finite(g["epochs"].astype(float))        # "final" is at each run's last epoch
+        row["epochs_min"] = float(ends.min()) if ends.size else math.nan
+        row["epochs_max"] = float(ends.max()) if ends.size else math.nan
         for st in ("completed", "diverged", "failed"):
             row[f"n_{st}"] = int((g["status"] == st).sum())
         for kind in ("final", "best"):
@@ -243,6 +247,14 @@ _SHORT = {"train_rel_error": "train rel err", "test_rel_error": "test rel err",
           "train_accuracy": "train acc", "test_accuracy": "test acc"}
 
 
+def _span(lo: float, hi: float) -> str:
+    """Last epochs of a method's runs: '10000', or '1500–10000' when they differ (the
+    "final" columns then mix epochs: `gradflow-report --until` compares at one)."""
+    if not math.isfinite(lo):
+        return ""
+    return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+
+
 def method_markdown(table: pd.DataFrame) -> str:
     """The per-method table for humans: one column per (final|best) × metric as mean ± CI."""
     if table.empty:
@@ -251,7 +263,8 @@ def method_markdown(table: pd.DataFrame) -> str:
     metrics = [m for m in ERROR_METRICS + ACCURACY_METRICS if f"final_{m}_mean" in table.columns]
     cmp = "≥" if higher_is_better(metric) else "≤"
     out = pd.DataFrame({"experiment": table["experiment"], "method": table["method"],
-                        "n": table["n"], "status": table["status"]})
+                        "n": table["n"], "status": table["status"],
+                        "epochs": [_span(a, b) for a, b in zip(table["epochs_min"], table["epochs_max"])]})
     for kind in ("final", "best"):
         for m in metrics:
             out[f"{kind} {_SHORT.get(m, m)} (mean ± 95% CI)"] = [
