@@ -51,7 +51,10 @@ FINISHED = ("completed", "diverged")      # a job with this status is not run ag
 # Keys that change how a run is logged, checkpointed or scheduled, not what it computes:
 # a run may be resumed with different values of these.
 NOT_IDENTITY = ("trainer.progress", "trainer.checkpoint", "trainer.checkpoint_every", "threads",
-                "hparams_objective", "logger", "references")
+                "hparams_objective", "logger", "references", "trainer.collapse_q")
+# Keys of NOT_IDENTITY that earlier versions hashed into a run's fingerprint: such a run
+# still matches at the value its own saved config (.hydra/config.yaml) records.
+FORMER_IDENTITY = ("trainer.collapse_q",)
 # Keys added to the config after runs already existed, and the test for the value that
 # means "off" (the behaviour from before the key). At that value a key is left out of the
 # identity, so a run started before the key existed still resumes. A new key goes here.
@@ -170,25 +173,49 @@ def fingerprint(resolved: dict) -> str:
     return _hash(_without(resolved, NOT_IDENTITY + tuple(k for k in INERT if _inert(resolved, k))))
 
 
-def same_run(previous_fp: str | None, resolved: dict) -> bool:
+def same_run(previous_fp: str | None, resolved: dict, recorded: dict | None = None) -> bool:
     """Whether a run directory's fingerprint is this config's. Runs of earlier versions
     hashed every key, inert ones included, and had only some of INERT's keys: any subset
-    of the inert keys may be the one their config lacked."""
+    of the inert keys may be the one their config lacked. ``recorded``: the run's own
+    values of FORMER_IDENTITY keys (`recorded_former_identity`), which its fingerprint may
+    have hashed."""
     if previous_fp is None:
         return True
     inert = [k for k in INERT if _inert(resolved, k)]
-    return any(previous_fp == _hash(_without(resolved, NOT_IDENTITY + dropped))
+    variants = [(resolved, NOT_IDENTITY)]
+    if recorded:
+        older = copy.deepcopy(resolved)
+        for key, value in recorded.items():
+            node, last = _node(older, key)
+            node[last] = value
+        variants.append((older, tuple(k for k in NOT_IDENTITY if k not in recorded)))
+    return any(previous_fp == _hash(_without(config, skip + dropped))
+               for config, skip in variants
                for n in range(len(inert) + 1) for dropped in itertools.combinations(inert, n))
 
 
-def only_epochs_differ(previous: dict, resolved: dict) -> bool:
+def recorded_former_identity(run_dir: Path) -> dict:
+    """FORMER_IDENTITY keys as the run in ``run_dir`` recorded them (.hydra/config.yaml)."""
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    except Exception:  # noqa: BLE001 - no record, or not a config: nothing to add
+        return {}
+    out = {}
+    for key in FORMER_IDENTITY:
+        node, last = _node(saved, key)
+        if isinstance(node, dict) and isinstance(node.get(last), (int, float)):
+            out[key] = node[last]
+    return out
+
+
+def only_epochs_differ(previous: dict, resolved: dict, recorded: dict | None = None) -> bool:
     """Whether the run a summary describes is ``resolved`` with another ``trainer.epochs``."""
     planned = previous.get("epochs_planned")
     if not isinstance(planned, int):
         return False
     as_planned = copy.deepcopy(resolved)
     as_planned["trainer"]["epochs"] = planned
-    return same_run(previous.get("fingerprint"), as_planned)
+    return same_run(previous.get("fingerprint"), as_planned, recorded)
 
 
 def cannot_extend(previous: dict, resolved: dict, run_dir: Path) -> str | None:
@@ -269,9 +296,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         raise ConfigError(_short(e)) from None
     fp = fingerprint(resolved)
     previous = read_json(run_dir / "summary.json")
-    extend = not same_run(previous.get("fingerprint"), resolved)
+    recorded = recorded_former_identity(run_dir) if previous.get("fingerprint") else {}
+    extend = not same_run(previous.get("fingerprint"), resolved, recorded)
     if extend:
-        if not only_epochs_differ(previous, resolved):
+        if not only_epochs_differ(previous, resolved, recorded):
             inert = tuple(k for k in INERT if _inert(resolved, k))    # keys newer than the run
             changes = jobdir.changed_keys(run_dir, cfg, ignore=NOT_IDENTITY + inert + ("trainer.epochs",))
             what = f" ({'; '.join(changes)})" if changes else ""

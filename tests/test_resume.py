@@ -187,6 +187,43 @@ def test_run_of_an_earlier_version_resumes(tmp_path, monkeypatch):
     assert train_mod.fingerprint(cosine) != train_mod.fingerprint(resolved)
 
 
+def test_a_reporting_threshold_does_not_make_another_run(tmp_path, caplog):
+    """trainer.collapse_q only decides a summary flag. A run fingerprinted while it was part
+    of a run's identity (and its default 0.1) extends under today's default, at the value
+    its saved config records; without that record, or with a changed real key, it is
+    another run as before."""
+    from omegaconf import OmegaConf
+
+    import gradflow_exp.train as train_mod
+
+    base = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=sav", "trainer.log_every=1", "threads=1"]
+    old_cfg = compose_cfg(base + ["trainer.epochs=3", "trainer.collapse_q=0.1"])
+    run_dir = tmp_path / "run"
+    assert train_mod.run(old_cfg, run_dir)["status"] == "completed"
+    old = OmegaConf.to_container(old_cfg, resolve=True)      # as earlier versions hashed it
+    skip = tuple(k for k in train_mod.NOT_IDENTITY if k != "trainer.collapse_q")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["fingerprint"] = train_mod._hash(train_mod._without(old, skip))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(old_cfg, run_dir / ".hydra" / "config.yaml")
+    saved = tmp_path / "saved"
+    import shutil
+    shutil.copytree(run_dir, saved)
+
+    assert compose_cfg(base).trainer.collapse_q == 0.01
+    with pytest.raises(train_mod.ConfigError, match="another configuration"):
+        train_mod.run(compose_cfg(base + ["trainer.epochs=6", "seed=1"]), run_dir)
+    with caplog.at_level("INFO", logger="gradflow_exp"):
+        longer = train_mod.run(compose_cfg(base + ["trainer.epochs=6"]), run_dir)
+    assert "completed after 3 of 3 epochs; training it on to 6" in caplog.text
+    assert longer["status"] == "completed" and longer["epochs_completed"] == 6
+    # with no saved config to read the old value from, the old fingerprint cannot match
+    shutil.rmtree(saved / ".hydra")
+    with pytest.raises(train_mod.ConfigError, match="another configuration"):
+        train_mod.run(compose_cfg(base + ["trainer.epochs=6"]), saved)
+
+
 def test_finished_run_extends_to_more_epochs(tmp_path, caplog):
     """The same command with a larger trainer.epochs trains a finished run on from its
     checkpoint, ending exactly as a run that long from the start; a shorter length, or one
