@@ -288,6 +288,24 @@ def test_flagged_runs_are_named_under_the_table(tmp_path):
     assert "Completed runs with flags" not in (tmp_path / "o2" / "summary.md").read_text()
 
 
+def test_until_keeps_the_flags_of_runs_that_end_there_and_judges_the_rest_at_it(tmp_path):
+    """--until 2: a run that ends at epoch 2 keeps its summary's flag (it describes that
+    end); one that goes on to epoch 4 is judged on its rows up to 2, where its q has
+    collapsed, and not by the flag of its real end (q recovered by then)."""
+    ends = make_run(tmp_path / "r" / "0", optimizer="sav", seed=0, test=(1.0, 0.5, 0.4),
+                    flags=["aux_collapsed: q = r/r̂ = 1e-18 < 0.01 at the end"])
+    longer = make_run(tmp_path / "r" / "1", optimizer="sav", seed=1, test=(1.0, 0.5, 0.4, 0.3, 0.2),
+                      extra={"q": [1.0, 0.1, 1e-5, 0.5, 0.9]}, flags=["stalled: at its real end"])
+    assert main([str(tmp_path / "r"), "--out", str(tmp_path / "o"), "--until", "2"]) == 0
+    flags = pd.read_csv(tmp_path / "o" / "runs.csv").set_index("run_dir")["flags"]
+    assert flags[str(ends)].startswith("aux_collapsed: q = r/r̂ = 1e-18")
+    assert flags[str(longer)].startswith("aux_collapsed: q = r/r̂ = 1e-05 < 0.01")
+    assert "stalled" not in flags[str(longer)]
+    assert main([str(tmp_path / "r"), "--out", str(tmp_path / "o2"), "--until", "4"]) == 0
+    flags = pd.read_csv(tmp_path / "o2" / "runs.csv").set_index("run_dir")["flags"].fillna("")
+    assert flags[str(longer)] == "stalled: at its real end"
+
+
 def test_a_blown_up_run_leaves_the_axis_through_a_marked_top_edge(tmp_path, monkeypatch):
     """fig10's Adam at lr 5000 ends at 1e10: the error panels stop at BLOWUP = 10× the largest
     start (here 1.0), the run gets a ▲ where it leaves, and the falling run keeps its decades."""

@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="band drawn around the median over seeds (default minmax)")
     p.add_argument("--until", type=int, default=None, metavar="EPOCH",
                    help="compare runs of different lengths at one epoch: drop every row after "
-                        "EPOCH; a run that got that far counts as completed there")
+                        "EPOCH; a run that went on past it counts as completed there, flagged on its rows up to it")
     return p.parse_args(argv)
 
 

@@ -28,7 +28,7 @@ NOT_METHOD_KEYS = {"seed", "device", "threads", "trainer.progress", "trainer.che
 # diagnostics only add columns; a replica's own values are in its optimizer.* and seed keys
 NOT_METHOD_PREFIXES = ("logger.", "hydra.", "diagnostics.", "replicas.", "references")
 RUN_COLUMNS = ["run_dir", "experiment", "method", "optimizer", "seed", "status",
-               "epochs_completed", "run_wall_time", "error", "flags"]
+               "epochs_completed", "run_wall_time", "error", "flags", "collapse_q"]
 
 
 class ReportError(Exception):
@@ -244,9 +244,13 @@ def _flags(run: Run) -> list[str]:
     if run.metrics is None or not run.summary.get("status"):
         return flags             # no curve, or not ended: nothing to judge at its end
     kinds = {f.split(":", 1)[0] for f in flags}
-    collapse_q = float(run.config.get("trainer.collapse_q", COLLAPSE_Q))
     rows = [{k: v for k, v in r.items() if not pd.isna(v)} for r in run.metrics.to_dict("records")]
-    return flags + [f for f in run_flags(rows, collapse_q) if f.split(":", 1)[0] not in kinds]
+    return flags + [f for f in run_flags(rows, _collapse_q(run)) if f.split(":", 1)[0] not in kinds]
+
+
+def _collapse_q(run: Run) -> float:
+    """The q below which the run's auxiliary variable counts as collapsed (its config's)."""
+    return float(run.config.get("trainer.collapse_q", COLLAPSE_Q))
 
 
 def _run_rows(run: Run, label: str) -> pd.DataFrame:
@@ -256,7 +260,7 @@ def _run_rows(run: Run, label: str) -> pd.DataFrame:
             "optimizer": run.optimizer, "seed": run.seed, "status": run.status,
             "epochs_completed": s.get("epochs_completed"),
             "run_wall_time": wall if isinstance(wall, (int, float)) else math.nan,
-            "error": s.get("error") or "", "flags": "; ".join(_flags(run))}
+            "error": s.get("error") or "", "flags": "; ".join(_flags(run)), "collapse_q": _collapse_q(run)}
     if run.metrics is None:
         # No curve (failed on bad input, or killed before logging): one row keeps the run
         # visible in every table; its epoch and metrics are NaN.
@@ -281,15 +285,20 @@ def load_runs(paths) -> pd.DataFrame:
 
 def cut_at(df: pd.DataFrame, until: int) -> pd.DataFrame:
     """The frame as if every run had stopped at epoch ``until`` (``--until``): later rows
-    dropped; a run that got that far is ``completed`` there, with no end-of-run flags (they
-    describe its real end). Runs that ended earlier keep their status."""
+    dropped; a run that went on past it is ``completed`` there, with the flags its rows up
+    to ``until`` raise (`run_flags`) in place of those of its real end. Runs that ended at
+    ``until`` or earlier keep their status and flags."""
     if until < 0:
         raise ReportError(f"--until {until}: an epoch must be >= 0")
-    reached = df.groupby("run_dir")["epoch"].transform("max") >= until
+    runs = df.groupby("run_dir")
+    cut = (runs["epoch"].transform("max") > until) | (runs["epochs_completed"].transform("max") > until)
     keep = ~(df["epoch"] > until)                    # keeps the NaN-epoch row of a run with no curve
-    df, reached = df[keep].copy(), reached[keep]
-    df.loc[reached, "status"] = "completed"
-    df.loc[reached, "epochs_completed"] = until
-    df.loc[reached, "flags"] = ""
-    df.loc[reached, "run_wall_time"] = math.nan       # the whole run's; per-epoch time comes from the curve
+    df, cut = df[keep].copy(), cut[keep].astype(bool)
+    df.loc[cut, "status"] = "completed"
+    df.loc[cut, "epochs_completed"] = until
+    df.loc[cut, "run_wall_time"] = math.nan           # the whole run's; per-epoch time comes from the curve
+    metrics = [c for c in df.columns if c not in RUN_COLUMNS]
+    for run_dir, rows in df[cut].groupby("run_dir"):
+        records = [{k: v for k, v in r.items() if not pd.isna(v)} for r in rows[metrics].to_dict("records")]
+        df.loc[df["run_dir"] == run_dir, "flags"] = "; ".join(run_flags(records, float(rows["collapse_q"].iloc[0])))
     return df
