@@ -244,8 +244,12 @@ def _flags(run: Run) -> list[str]:
     if run.metrics is None or not run.summary.get("status"):
         return flags             # no curve, or not ended: nothing to judge at its end
     kinds = {f.split(":", 1)[0] for f in flags}
-    rows = [{k: v for k, v in r.items() if not pd.isna(v)} for r in run.metrics.to_dict("records")]
-    return flags + [f for f in run_flags(rows, _collapse_q(run)) if f.split(":", 1)[0] not in kinds]
+    return flags + [f for f in run_flags(_records(run.metrics), _collapse_q(run)) if f.split(":", 1)[0] not in kinds]
+
+
+def _records(metrics: pd.DataFrame) -> list[dict]:
+    """Logged rows as `run_flags` reads them: a key absent where it was not measured."""
+    return [{k: v for k, v in r.items() if not pd.isna(v)} for r in metrics.to_dict("records")]
 
 
 def _collapse_q(run: Run) -> float:
@@ -298,7 +302,7 @@ def cut_at(df: pd.DataFrame, until: int) -> pd.DataFrame:
     df.loc[cut, "epochs_completed"] = until
     df.loc[cut, "run_wall_time"] = math.nan           # the whole run's; per-epoch time comes from the curve
     metrics = [c for c in df.columns if c not in RUN_COLUMNS]
-    for run_dir, rows in df[cut].groupby("run_dir"):
-        records = [{k: v for k, v in r.items() if not pd.isna(v)} for r in rows[metrics].to_dict("records")]
-        df.loc[df["run_dir"] == run_dir, "flags"] = "; ".join(run_flags(records, float(rows["collapse_q"].iloc[0])))
+    flags = {run_dir: "; ".join(run_flags(_records(rows[metrics]), float(rows["collapse_q"].iloc[0])))
+             for run_dir, rows in df[cut].groupby("run_dir")}
+    df.loc[cut, "flags"] = df.loc[cut, "run_dir"].map(flags)
     return df
