@@ -86,7 +86,8 @@ class TwoLayerNet(nn.Module):
         """SPM's smoothed loss I_h = (1/J) Σ_j I(θ + hξ_j) on (x, y) and, with ``backward``,
         its gradient (1/J) Σ_j ∇I(θ + hξ_j) written into ``.grad``, by hand.
 
-        ``xi``: [J, *shape] draws for W, b, a (``_weights`` order). The J perturbed hidden
+        ``xi``: [J, *shape] draws for W, b, a (``_weights`` order), in θ's dtype or a narrower
+        one (θ + hξ is formed in θ's dtype either way). The J perturbed hidden
         layers are ONE matmul against the stacked [J·m, D] weights; the W- and b-gradients
         sum ∂I/∂h over j before their matmul (∂(θ + hξ_j)/∂θ = I), so the backward costs
         one base backward instead of J. None for more than one output.
@@ -101,14 +102,15 @@ class TwoLayerNet(nn.Module):
         aj = torch.add(a, xa, alpha=h).reshape(J, m)       # [J, m]
         H = torch.addmm(bj, x, Wj.t()).view(-1, J, m)      # [N, J, m]
         R = H.clamp_min(0)
-        e = torch.einsum("njk,jk->nj", R, aj).mul_(self.scale) - y.reshape(-1, 1)   # [N, J]
+        # vecdot and the mv below read R in place; einsum permuted it into a bmm (a copy)
+        e = torch.linalg.vecdot(R, aj).mul_(self.scale) - y.reshape(-1, 1)   # [N, J]
         flat = e.reshape(-1)
         loss = torch.dot(flat, flat) / flat.numel()
         if not backward:
             return loss
         df = e * (2.0 * self.scale / flat.numel())         # ∂I_h/∂f_j, [N, J]
         dH = torch.ops.aten.threshold_backward(df.unsqueeze(-1) * aj, H, 0.0).sum(1)   # Σ_j, [N, m]
-        a.grad = torch.einsum("nj,njk->k", df, R).unsqueeze(0)
+        a.grad = (df.reshape(1, -1) @ R.reshape(-1, m))     # Σ_n Σ_j df_nj R_njk, [1, m]
         W.grad = dH.t() @ x
         b.grad = dH.sum(0)
         return loss

@@ -42,7 +42,8 @@ class PerturbedClosure:
 
     def _perturb(self, params):
         # {name: [J, *shape]} = θ + h ξ_j for the J perturbations
-        return {n: (p.unsqueeze(0) + self.h * self.xi[n]) if n in self.xi else p
+        # add(alpha=h) forms θ + hξ in θ's dtype when ξ is narrower (see SPM.draw)
+        return {n: torch.add(p.unsqueeze(0), self.xi[n], alpha=self.h) if n in self.xi else p
                 for n, p in params.items()}
 
     def _split(self, params):
@@ -130,12 +131,14 @@ class SPM(Optimizer):
     def draw(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """ξ for one step: for each parameter (in ``params`` order) a [J, *shape] N(0,1) draw.
 
-        Drawn in float32 and widened: J·n normals per step are SPM's largest cost after the
-        J forward passes, float64 normals cost 4× as much on CPU, and a random direction
-        needs no 53-bit mantissa (the perturbed θ + hξ is still formed in θ's dtype)."""
+        Drawn in float32 for float64 parameters, and left so: J·n normals per step are SPM's
+        largest cost after the J forward passes, float64 normals cost 4× as much on CPU, and
+        a random direction needs no 53-bit mantissa. The perturbed θ + hξ is still formed in
+        θ's dtype (``torch.add`` promotes ξ inside the kernel, so widening ξ first would
+        only add a copy)."""
         return {n: torch.randn((self.J, *p.shape), generator=self.generator,
                                dtype=torch.float32 if p.dtype == torch.float64 else p.dtype,
-                               device=p.device).to(p.dtype)
+                               device=p.device)
                 for n, p in params.items()}
 
     @torch.no_grad()

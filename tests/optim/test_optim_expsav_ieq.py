@@ -108,7 +108,7 @@ def test_ieq_under_spm_uses_stacked_residuals():
     opt = SPM(IEQ(model.parameters(), lr=0.4), J=4, h=0.1, seed=0)
     th0 = model.weight.detach().reshape(-1, 1).clone()
     opt.step(closure_for(model, X, y))
-    xi = opt.last_xi["weight"].reshape(4, -1, 1)             # [J, d, 1]
+    xi = opt.last_xi["weight"].reshape(4, -1, 1).double()    # [J, d, 1]
     # residuals stacked over j: X(θ + hξ_j) − y; J = X repeated; N = 4·10
     q0 = torch.cat([X @ (th0 + 0.1 * xi[j]) - y for j in range(4)])
     Jst = torch.cat([X] * 4)

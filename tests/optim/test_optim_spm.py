@@ -28,11 +28,13 @@ def test_spm_gradient_is_the_average_of_J_perturbed_gradients():
     assert CountingClosure.calls == 1               # J perturbations in ONE (vmapped) call
     xi = opt.last_xi
     assert set(xi) == set(th0) and all(v.shape[0] == J for v in xi.values())
+    # float64 parameters get float32 directions (cheaper normals), widened inside θ + hξ
+    assert all(v.dtype == torch.float32 for v in xi.values())
     # explicit: (1/J) Σ_j ∇I(θ⁰ + hξ_j), one autograd call per perturbation
     avg = {n: torch.zeros_like(p) for n, p in th0.items()}
     losses = []
     for j in range(J):
-        pj = {n: (p + h * xi[n][j]).requires_grad_(True) for n, p in th0.items()}
+        pj = {n: (p + h * xi[n][j].to(p.dtype)).requires_grad_(True) for n, p in th0.items()}
         loss = MSELoss()(functional_call(model, pj, (x,)), y)
         grads = torch.autograd.grad(loss, list(pj.values()))
         for n, g in zip(pj, grads):
