@@ -70,6 +70,7 @@ from gradflow_exp.losses import MSELoss
 from gradflow_exp.loop import LoopConfig, _finite_row, _summary, evaluate, full_loss
 from gradflow_exp.models import TwoLayerNet
 from gradflow_exp.optim import SAV, ResSAV
+from gradflow_exp.provenance import code_segments, code_version
 from gradflow_exp.sinks import CSVSink, WandbSink, device_name, read_json, save_checkpoint, write_json
 
 log = logging.getLogger("gradflow_exp")
@@ -510,7 +511,8 @@ class Batch:
     def _base(self, rep: Replica, device) -> dict:
         names = [r.name for r in self.replicas]
         return {"run_dir": str(rep.dir), "name": rep.cfg_name, "fingerprint": rep.fingerprint,
-                "device": device_name(device),
+                "device": device_name(device), "code": code_version(),
+                "code_segments": code_segments({}, 0),
                 "replica": {"batch_dir": str(self.run_dir), "index": names.index(rep.name), "of": len(names)}}
 
     def _write_hydra_dir(self, rep: Replica) -> None:

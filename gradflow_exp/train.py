@@ -41,6 +41,7 @@ from gradflow_exp.losses import build_training_loss, penalty_stretched_over_run
 from gradflow_exp.loop import LoopConfig, train
 from gradflow_exp.models import BurgersPINN
 from gradflow_exp.optim import IEQ, build_optimizer, resolve_time_scale
+from gradflow_exp.provenance import code_segments, code_version
 from gradflow_exp.schedulers import stretched_over_run
 from gradflow_exp.sinks import CSVSink, WandbSink, device_name, read_json, save_checkpoint, write_json
 
@@ -336,7 +337,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     for tmp in run_dir.glob(".checkpoint.pt.*"):     # left by a kill during an atomic write
         tmp.unlink(missing_ok=True)
     base = {"run_dir": str(run_dir), "name": run_name(), "fingerprint": fp,
-            "device": device_name(next(model.parameters()).device)}
+            "device": device_name(next(model.parameters()).device), "code": code_version(),
+            "code_segments": code_segments(previous, ckpt["epoch"] if ckpt else 0)}
     # Until it ends, summary.json says the run is unfinished: a killed run is never taken
     # for a complete one, and a restart knows to resume it.
     write_json(run_dir / "summary.json", {"status": "running", **base,

@@ -63,6 +63,7 @@ def test_each_replica_follows_its_single_run(case, tmp_path):
         assert rep["status"] == "completed" and rep["steps"] == single["steps"]
         # the replica's config is its single run's: same fingerprint, seed S, no replicas
         assert rep["fingerprint"] == single["fingerprint"]
+        assert rep["code"] == single["code"] and [c["from_epoch"] for c in rep["code_segments"]] == [0]
         saved = yaml.safe_load((rep_dir / ".hydra" / "config.yaml").read_text())
         assert saved["seed"] == seed and all(v is None for v in saved["replicas"].values())
         # final checkpoint: the single run's parameters (and SAV's r), to rounding
