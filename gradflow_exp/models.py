@@ -7,9 +7,12 @@ import torch
 from torch import nn
 
 from gradflow_exp.data.burgers import NU
+from gradflow_exp.schema import ACTIVATIONS
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-INITS = ("default", "kaiming", "normal")
+
+def _activation(name: str) -> nn.Module:
+    """``model.activation`` (its choices: gradflow_exp/schema.py) → the torch.nn module."""
+    return getattr(nn, ACTIVATIONS[name])()
 
 
 class TwoLayerNet(nn.Module):
@@ -23,15 +26,10 @@ class TwoLayerNet(nn.Module):
     def __init__(self, in_dim: int, out_dim: int = 1, width: int = 1000,
                  activation: str = "relu", init: str = "default", mean_field: bool = True):
         super().__init__()
-        _check_positive_int("model.width", width)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation={activation!r}; valid: {', '.join(ACTIVATIONS)}")
-        if init not in INITS:
-            raise ValueError(f"model.init={init!r}; valid: {', '.join(INITS)}")
         self.width = width
         self.scale = 1.0 / width if mean_field else 1.0
         self.hidden = nn.Linear(in_dim, width, bias=True)   # w_k·[x;1]
-        self.act = ACTIVATIONS[activation]()
+        self.act = _activation(activation)
         self.out = nn.Linear(width, out_dim, bias=False)    # a_k
         self._relu = activation == "relu"
         with torch.no_grad():
@@ -160,15 +158,10 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden: list[int] | tuple[int, ...] = (100,),
                  activation: str = "relu", init: str = "default"):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation={activation!r}; valid: {', '.join(ACTIVATIONS)}")
-        if init not in INITS:
-            raise ValueError(f"model.init={init!r}; valid: {', '.join(INITS)}")
         layers: list[nn.Module] = []
         prev = in_dim
         for h in hidden:
-            _check_positive_int("model.hidden", h)
-            layers += [nn.Linear(prev, h), ACTIVATIONS[activation]()]
+            layers += [nn.Linear(prev, h), _activation(activation)]
             prev = h
         layers.append(nn.Linear(prev, out_dim))
         self.net = nn.Sequential(*layers)
@@ -186,11 +179,6 @@ class MLP(nn.Module):
         return self.net(x)
 
     particle_scale = 1.0
-
-
-def _check_positive_int(key: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{key} must be a positive integer, got {value!r}")
 
 
 class BurgersPINN(nn.Module):
@@ -211,10 +199,6 @@ class BurgersPINN(nn.Module):
         if in_dim != 4 or out_dim != 1:
             raise ValueError("model=pinn needs dataset=burgers (rows [x, t, flag, w] and one output)")
         sizes = [2, *hidden, 1]
-        for h in hidden:
-            _check_positive_int("model.hidden", h)
-        if not nu > 0:
-            raise ValueError(f"model.nu must be positive, got {nu}")
         self.nu = float(nu)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         with torch.no_grad():          # Glorot, as PINNs for tanh nets use (Raissi et al.)

@@ -33,7 +33,7 @@ Each replica writes ``<run dir>/seed_<S>[-lr_<v>…]/`` as its single run would:
 (same columns; ``wall_time`` is the batch's shared clock), summary.json (its own status:
 a replica that diverges is marked ``diverged``, its directory written, and it is frozen
 while the others train on), ``.hydra/config.yaml`` (the single run's config: that seed, and
-``replicas`` null, so its fingerprint is the single run's) and a final checkpoint.pt.
+``replicas`` null, so the single run ``seed=S`` finds it its own) and a final checkpoint.pt.
 ``gradflow-report <run dir>`` reads them as seeds (and hyperparameter values) of a method.
 
 Not supported, refused in one line before anything is trained: other optimizers (momentum,
@@ -45,13 +45,13 @@ when training ends (not live).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import itertools
 import logging
 import math
 import random
-import shutil
 import signal
 import statistics
 import threading
@@ -59,32 +59,35 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hydra.errors
 import hydra.utils
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 from torch.func import functional_call, grad_and_value, vmap
 from tqdm.auto import tqdm
 
-from gradflow_exp.losses import MSELoss
+from gradflow_exp import schema
 from gradflow_exp.loop import LoopConfig, _finite_row, _summary, evaluate, full_loss
+from gradflow_exp.losses import MSELoss
 from gradflow_exp.models import TwoLayerNet
 from gradflow_exp.optim import SAV, ResSAV
 from gradflow_exp.provenance import code_segments, code_version
-from gradflow_exp.sinks import CSVSink, WandbSink, device_name, read_json, save_checkpoint, write_json
+from gradflow_exp.rundir import Lock, RunDir, save_checkpoint, write_json, write_record
+from gradflow_exp.schema import ConfigError
+from gradflow_exp.sinks import CSVSink, WandbSink, device_name
 
 log = logging.getLogger("gradflow_exp")
 
 HPARAMS = ("lr", "C", "lam")          # optimizer keys that may vary across replicas
 SUPPORTED = "sgd (no momentum), sav, ressav"
-FINISHED = ("completed", "diverged")
 F64 = torch.float64
 
 
-def requested(cfg: DictConfig) -> bool:
-    """True when the config asks for replicas (any list under ``replicas``)."""
-    node = cfg.get("replicas")
-    return node is not None and any(node.get(k) is not None for k in ("seeds", *HPARAMS))
+def requested(resolved: dict) -> bool:
+    """True when the (resolved) config asks for replicas (any list under ``replicas``)."""
+    node = resolved.get("replicas") or {}
+    return any(node.get(k) is not None for k in ("seeds", *HPARAMS))
 
 
 # ------------------------------------------------------------------ the batched pieces
@@ -397,10 +400,10 @@ class Replica:
     name: str                        # its directory: seed_0, seed_0-lr_0.1
     cfg: DictConfig                  # the single run's config (that seed, replicas null)
     resolved: dict = field(default_factory=dict)
-    fingerprint: str = ""
     dir: Path = Path()
     overrides: list[str] = field(default_factory=list)   # the single run's command-line overrides
     cfg_name: str = ""               # those overrides joined, as Hydra names a job
+    rundir: RunDir | None = None     # its directory, locked while the batch runs
     summary: dict | None = None      # set once it has ended (or was already finished)
 
 
@@ -438,6 +441,25 @@ def check_supported(cfg: DictConfig) -> None:
         raise ValueError(f"replicas: SPM is not supported in replica mode; supported optimizers: {SUPPORTED}")
 
 
+def run(cfg: DictConfig, resolved: dict, run_dir: Path, record: dict, build, set_threads) -> dict:
+    """A replica-mode job (``build``, ``set_threads``: gradflow_exp/job.py's, which this
+    module does not import): every replica's directory locked and decided, the unfinished
+    ones built and trained as one batch; returns the job's summary (`aggregate`)."""
+    with Lock(run_dir), contextlib.ExitStack() as held:
+        try:
+            batch = prepare(cfg, run_dir, record, build, held)
+        except (ValueError, TypeError, hydra.errors.InstantiationException) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(str(e).strip().splitlines()[-1]) from None
+        write_record(run_dir, resolved, record.get("overrides"), record.get("hydra"))
+        if batch.built:     # each build sized the threads for one replica; the batch does all
+            first = batch.built[0]
+            set_threads(cfg.threads, first["model"], first["loop_cfg"].batch_size or first["data"].x_train.shape[0],
+                        first["data"].x_train.device, copies=len(batch.built))
+        return batch.run()
+
+
 class Batch:
     """A replica-mode job: validated and built by `prepare`, trained by `run`."""
 
@@ -459,9 +481,8 @@ class Batch:
         device = datas[0].x_train.device
         sinks = []
         for rep in todo:
-            rep.dir.mkdir(parents=True, exist_ok=True)
             (rep.dir / "checkpoint.pt").unlink(missing_ok=True)     # an unfinished earlier attempt's
-            self._write_hydra_dir(rep)
+            rep.rundir.accept()
             write_json(rep.dir / "summary.json", {"status": "running", **self._base(rep, device)})
             sinks.append([CSVSink(rep.dir / "metrics.csv")])
         log.info("replicas: %d in one batch (%s) under %s; data: %d train / %d test, model: %d parameters, "
@@ -477,8 +498,8 @@ class Batch:
             if state is not None:
                 rows[k] = state["rows"]
                 if cfg.trainer.checkpoint:
-                    save_checkpoint(rep.dir / "checkpoint.pt", {**state, **built[k]["rng"], "config": rep.resolved,
-                                                                 "fingerprint": rep.fingerprint, "wandb_id": None})
+                    save_checkpoint(rep.dir / "checkpoint.pt", {**state, **built[k]["rng"], "wandb_id": None},
+                                    rep.resolved)
             write_json(rep.dir / "summary.json", summary)
             sinks[k][0].close()
             final = summary["final"]
@@ -510,26 +531,15 @@ class Batch:
 
     def _base(self, rep: Replica, device) -> dict:
         names = [r.name for r in self.replicas]
-        return {"run_dir": str(rep.dir), "name": rep.cfg_name, "fingerprint": rep.fingerprint,
+        return {"run_dir": str(rep.dir), "name": rep.cfg_name,
                 "device": device_name(device), "code": code_version(),
                 "code_segments": code_segments({}, 0),
                 "replica": {"batch_dir": str(self.run_dir), "index": names.index(rep.name), "of": len(names)}}
 
-    def _write_hydra_dir(self, rep: Replica) -> None:
-        """The single run's .hydra/: config.yaml (unresolved, as Hydra writes it), its
-        overrides (``seed=S`` etc. in place of ``replicas.*``) and the batch's hydra.yaml (the
-        group choices, which the report reads)."""
-        hydra_dir = rep.dir / ".hydra"
-        hydra_dir.mkdir(exist_ok=True)
-        OmegaConf.save(rep.cfg, hydra_dir / "config.yaml")
-        OmegaConf.save(OmegaConf.create(rep.overrides), hydra_dir / "overrides.yaml")
-        if (self.run_dir / ".hydra" / "hydra.yaml").is_file():
-            shutil.copyfile(self.run_dir / ".hydra" / "hydra.yaml", hydra_dir / "hydra.yaml")
 
-
-def prepare(cfg: DictConfig, run_dir: Path, build, fingerprint, same_run) -> Batch:
-    """Validate and build every replica (``build``, ``fingerprint``, ``same_run``: train.py's,
-    which this module does not import); ValueError/TypeError on bad input, before any file is written.
+def prepare(cfg: DictConfig, run_dir: Path, record: dict, build, held: contextlib.ExitStack) -> Batch:
+    """Validate and build every replica, its directory locked in ``held`` (ValueError,
+    TypeError or ConfigError on bad input, before any file is written).
 
     A replica whose directory already holds its finished run is skipped (its summary kept);
     one holding an unfinished run starts again from epoch 0 (no resuming in replica mode)."""
@@ -543,25 +553,18 @@ def prepare(cfg: DictConfig, run_dir: Path, build, fingerprint, same_run) -> Bat
     names = [r.name for r in replicas]
     if len(set(names)) != len(names):
         raise ValueError(f"replicas: repeated replicas {sorted({n for n in names if names.count(n) > 1})}")
-    parent_overrides = _read_overrides(run_dir)
     for rep in replicas:
-        try:
-            rep.resolved = OmegaConf.to_container(rep.cfg, resolve=True)
-        except Exception as e:  # noqa: BLE001 - a bad interpolation
-            raise ValueError(str(e).strip().splitlines()[0]) from None
-        rep.fingerprint = fingerprint(rep.resolved)
+        rep.resolved = schema.load(rep.cfg)
         rep.dir = run_dir / rep.name
-        rep.overrides = _replica_overrides(parent_overrides, rep)
+        rep.overrides = _replica_overrides(record.get("overrides") or [], rep)
         rep.cfg_name = ",".join(sorted(rep.overrides)) or "default"
-        previous = read_json(rep.dir / "summary.json")
-        if not same_run(previous.get("fingerprint"), rep.resolved):
-            raise ValueError(f"{rep.dir} already holds a run of another configuration; use a new hydra.run.dir")
-        if previous.get("status") in FINISHED:
-            log.info("%s: already %s; skipping it", rep.dir, previous["status"])
-            rep.summary = previous
-        elif previous:
-            log.warning("%s: unfinished (%s); replica mode does not resume, it starts again from epoch 0",
-                        rep.dir, previous.get("status"))
+        rep.rundir = held.enter_context(RunDir(rep.dir, rep.resolved, rep.overrides, record.get("hydra")))
+        plan = rep.rundir.decide(resume=False)
+        if plan.action == "skip":
+            log.info("%s: %s", rep.dir, plan.note)
+            rep.summary = plan.previous
+        elif plan.note:
+            log.warning("%s: %s", rep.dir, plan.note)
     built = []
     for rep in (r for r in replicas if r.summary is None):
         data, model, loss_fn, optimizer, loop_cfg = build(rep.cfg)
@@ -600,15 +603,6 @@ def aggregate(replicas: list[Replica]) -> dict:
 
     return {"status": status, "final": {"test_rel_error": mean("final")},
             "best": {"test_rel_error": mean("best")}, "replicas": summaries}
-
-
-def _read_overrides(run_dir: Path) -> list[str]:
-    """The batch's command-line overrides, as Hydra saved them (none outside Hydra)."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    try:
-        return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
-    except Exception:  # noqa: BLE001
-        return []
 
 
 def _replica_overrides(parent: list[str], rep: Replica) -> list[str]:

@@ -1,16 +1,14 @@
 """Where a run's results go: metrics.csv, summary.json, checkpoints, W&B.
 
-Files are flushed row by row (a killed run keeps what it logged) and JSON/checkpoints
-are written atomically (temp file + rename), so a run directory never holds half a file.
+Files are flushed row by row (a killed run keeps what it logged); summary.json and
+checkpoints are written atomically by gradflow_exp/rundir.py, so a run directory never
+holds half a file.
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,51 +20,10 @@ BASE_COLUMNS = ["epoch", "step", "train_loss", "train_mse", "test_mse",
                 "train_rel_error", "test_rel_error"]
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file next to ``path``, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def device_name(device: torch.device) -> str:
     """Where a run computed, for summary.json (device=auto resolves here): "cpu" or
     "cuda (<GPU name>)"."""
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
-
-
-def write_json(path: Path, obj) -> None:
-    data = json.dumps(obj, indent=2, default=_jsonable, allow_nan=True).encode()
-    atomic_write_bytes(path, lambda f: f.write(data))
-
-
-def read_json(path: Path) -> dict:
-    """The JSON object in ``path``; {} when it is missing or unreadable."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
-def save_checkpoint(path: Path, obj) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
-
-
-def _jsonable(x):
-    if isinstance(x, torch.Tensor):
-        return x.item() if x.numel() == 1 else x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
 class CSVSink:

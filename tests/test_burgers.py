@@ -69,11 +69,11 @@ def test_burgers_experiment_learns(run_inprocess):
 
 
 def test_burgers_and_pinn_go_together(run_inprocess):
-    from gradflow_exp.train import ConfigError
+    from gradflow_exp.job import ConfigError
 
     with pytest.raises(ConfigError, match="dataset=burgers and model=pinn go together"):
         run_inprocess("dataset=burgers", "model=two_layer", *SMALL_GRID, "trainer.epochs=1")
-    with pytest.raises(ConfigError, match="model=pinn needs dataset=burgers"):
+    with pytest.raises(ConfigError, match="dataset=burgers and model=pinn go together"):
         run_inprocess("dataset=quadratic", "model=pinn", "dataset.M=100", "trainer.epochs=1")
 
 

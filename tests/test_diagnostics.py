@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradflow_exp.diagnostics.hessian import (DESCENDING, MINIMUM, SADDLE, extreme_eigenvalues,
-                                              hessian_operator, hessian_summary)
+from gradflow_exp.diagnostics.hessian import DESCENDING, MINIMUM, SADDLE, extreme_eigenvalues, hessian_operator, hessian_summary
 from gradflow_exp.diagnostics.noise import gradient_noise
 from gradflow_exp.losses import MSELoss
 from gradflow_exp.optim import BatchClosure
@@ -112,18 +111,8 @@ def test_diagnostics_through_the_runner_leave_training_unchanged(run_inprocess):
     np.testing.assert_allclose(done.grad_norm_full, done.hess_grad_norm, rtol=1e-9)
 
 
-def test_hessian_samples_and_bad_input(run_inprocess, capsys):
-    from gradflow_exp.cli import check_overrides
-
+def test_hessian_samples(run_inprocess):
     summary, run_dir = run_inprocess(*FIG7, "trainer.epochs=1", "diagnostics.hessian.every=1",
                                      "diagnostics.hessian.samples=50")
     assert summary["status"] == "completed"
     assert math.isfinite(pd.read_csv(run_dir / "metrics.csv").hess_lambda_max.iloc[-1])
-    for args, msg in [(["diagnostics.hessian.every=0"], "diagnostics.hessian.every must be a positive integer or null"),
-                      (["diagnostics.hessian.tol=-1"], "diagnostics.hessian.tol must be a number ≥ 0, got -1"),
-                      (["diagnostics.hesian.every=3"], "did you mean 'diagnostics.hessian'"),
-                      (["diagnostics.grad_noise.every=x"], "diagnostics.grad_noise.every must be a positive integer")]:
-        with pytest.raises(SystemExit):
-            check_overrides(args)
-        err = capsys.readouterr().err.strip()
-        assert msg in err and len(err.splitlines()) == 1, err

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from gradflow_exp.rundir import read_checkpoint
 from helpers import SMALL, cli, compose_cfg
 
 SMALL_FIG7 = ["experiment=fig7", "dataset.M=500", "model.width=20", "trainer.epochs=3", "trainer.log_every=1"]
@@ -31,7 +32,7 @@ RTOL = 1e-9
 
 
 def _run(overrides, run_dir):
-    from gradflow_exp.train import run
+    from gradflow_exp.job import run
 
     return run(compose_cfg(SMALL + list(overrides)), run_dir)
 
@@ -61,14 +62,15 @@ def test_each_replica_follows_its_single_run(case, tmp_path):
         assert_same_trajectory(rep_dir, tmp_path / f"single_{seed}")
         rep = json.loads((rep_dir / "summary.json").read_text())
         assert rep["status"] == "completed" and rep["steps"] == single["steps"]
-        # the replica's config is its single run's: same fingerprint, seed S, no replicas
-        assert rep["fingerprint"] == single["fingerprint"]
+        # the replica's record is its single run's (seed S, no replicas), and its name is that run's
+        assert (rep_dir / ".hydra" / "config.yaml").read_text() == \
+            (tmp_path / f"single_{seed}" / ".hydra" / "config.yaml").read_text()
         assert rep["code"] == single["code"] and [c["from_epoch"] for c in rep["code_segments"]] == [0]
         saved = yaml.safe_load((rep_dir / ".hydra" / "config.yaml").read_text())
         assert saved["seed"] == seed and all(v is None for v in saved["replicas"].values())
         # final checkpoint: the single run's parameters (and SAV's r), to rounding
-        a = torch.load(rep_dir / "checkpoint.pt", weights_only=False)
-        b = torch.load(tmp_path / f"single_{seed}" / "checkpoint.pt", weights_only=False)
+        _, a = read_checkpoint(rep_dir / "checkpoint.pt")
+        _, b = read_checkpoint(tmp_path / f"single_{seed}" / "checkpoint.pt")
         for name, p in b["model"].items():
             torch.testing.assert_close(a["model"][name], p, rtol=RTOL, atol=1e-15)
         r_a = [st.get("r") for st in a["optimizer"]["state"].values() if "r" in st]
@@ -79,8 +81,8 @@ def test_each_replica_follows_its_single_run(case, tmp_path):
 
 
 def test_diverging_replica_is_marked_while_the_others_complete(tmp_path):
+    from gradflow_exp.job import objective
     from gradflow_exp.report.load import load_runs
-    from gradflow_exp.train import objective
 
     overrides = SMALL_FIG7 + ["optimizer=sgd", "replicas.seeds=[0,1]", "replicas.lr=[0.01,10.0]"]
     batch = _run(overrides, tmp_path / "batch")
@@ -131,13 +133,14 @@ def test_report_reads_replicas_as_seeds_and_a_rerun_skips_them(tmp_path):
     (["optimizer=sgd", "replicas.C=[1,2]"], "SGD has no hyperparameter C"),
 ])
 def test_unsupported_is_refused_before_training(extra, message, tmp_path):
-    from gradflow_exp.train import ConfigError, run
+    from gradflow_exp.job import ConfigError, run
 
     cfg = compose_cfg(SMALL + SMALL_FIG7 + ["replicas.seeds=[0,1]"] + extra)
     with pytest.raises(ConfigError) as e:
         run(cfg, tmp_path / "run")
     assert message in str(e.value) and "\n" not in str(e.value)
-    assert not (tmp_path / "run").exists()
+    assert not list(tmp_path.glob("run/**/metrics.csv"))        # nothing trained; a fresh replica says failed
+    assert all(json.loads(p.read_text())["status"] == "failed" for p in tmp_path.glob("run/**/summary.json"))
 
 
 def test_command_line_refusals_are_one_line(tmp_path):
@@ -149,18 +152,20 @@ def test_command_line_refusals_are_one_line(tmp_path):
 
 
 def test_bad_replica_values_and_resume_are_refused(tmp_path):
-    from gradflow_exp.cli import expand_resume, validate_config
+    from omegaconf import OmegaConf
 
-    for bad, message in [("replicas.seeds=[0,0]", "repeats a value"), ("replicas.seeds=3", "non-empty list"),
-                         ("replicas.lr=[0.1,x]", "list of numbers")]:
-        with pytest.raises(ValueError, match=message):
-            validate_config(compose_cfg(SMALL + [bad]))
+    from gradflow_exp.cli import expand_resume
+    from gradflow_exp.schema import ConfigError, validate
+
+    for bad, message in [("replicas.seeds=[0,0]", "without repeats"), ("replicas.seeds=[]", "non-empty list"),
+                         ("replicas.lr=[0.1,x]", "replicas.lr\\[1\\] must be a number")]:
+        with pytest.raises(ConfigError, match=message):
+            validate(OmegaConf.to_container(compose_cfg(SMALL + [bad]), resolve=True))
     run_dir = tmp_path / "batch"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text("- experiment=fig7\n- replicas.seeds=[0,1,2]\n")
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(ConfigError, match="a replica batch .* does not resume from checkpoints"):
         expand_resume([f"resume={run_dir}"])
-    assert e.value.code == 2
 
 
 @pytest.mark.parametrize("seeds, threads", [("[0]", 1), ("[0,1,2,3]", 2)])
@@ -168,9 +173,9 @@ def test_threads_auto_sizes_the_whole_batch(seeds, threads, tmp_path, monkeypatc
     """threads=auto counts every replica's work: one fig7 model of width 100 at batch 64 is
     a small step (2.7e5 < 1e6: one thread), four of them in one batch are not (PyTorch's
     default, here pinned to 2), and a job after a small one gets the default back."""
-    from gradflow_exp import train
+    from gradflow_exp import job
 
-    monkeypatch.setattr(train, "DEFAULT_THREADS", 2)
+    monkeypatch.setattr(job, "DEFAULT_THREADS", 2)
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

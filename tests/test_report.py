@@ -345,3 +345,39 @@ def test_flags_are_recomputed_from_the_curve_for_runs_written_before_them(tmp_pa
     assert flags[1].startswith("stalled: q = r/r̂ = 0.05")
     assert flags[2] == "stalled: as the loop wrote it"
     assert flags[3] == ""
+
+
+def test_one_unreadable_run_is_named_and_left_out(tmp_path, capsys):
+    """A metrics.csv that is not a CSV (binary garbage, a directory) costs that run, not the report."""
+    make_run(tmp_path / "s" / "0", seed=0)
+    make_run(tmp_path / "s" / "1", seed=1)
+    (tmp_path / "s" / "1" / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage\x00\x9c" * 50)
+    make_run(tmp_path / "s" / "2", seed=2)
+    (tmp_path / "s" / "2" / "metrics.csv").unlink()
+    (tmp_path / "s" / "2" / "metrics.csv").mkdir()
+    assert main([str(tmp_path / "s"), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: left out an unreadable run") == 2 and "s/1/metrics.csv" in err and "s/2/metrics.csv" in err
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert list(runs.seed) == [0]
+
+
+def test_runs_still_running_stay_out_of_means_and_tests(tmp_path):
+    """A run still training has partial values: counted by status, not in the numbers
+    (unless --include-unfinished)."""
+    for seed in (0, 1):
+        make_run(tmp_path / "s" / f"sgd{seed}", seed=seed, test=(1.0, 0.1, 0.01))
+        make_run(tmp_path / "s" / f"sav{seed}", optimizer="sav", seed=seed, test=(1.0, 0.1, 0.001))
+    make_run(tmp_path / "s" / "sgd2", seed=2, test=(1.0, 0.9, 0.8), status="running")
+    make_run(tmp_path / "s" / "sav2", optimizer="sav", seed=2, test=(1.0, 0.9, 0.9), status="running")
+    df = load_runs([tmp_path / "s"])
+    runs = stats.per_run(df)
+    table = stats.method_table(runs).set_index("method")
+    assert table.loc["sgd", "n"] == 3 and "1 running" in table.loc["sgd", "status"]
+    assert table.loc["sgd", "final_test_rel_error_mean"] == pytest.approx(0.01)
+    assert table.loc["sgd", "final_test_rel_error_n"] == 2
+    sig = stats.significance(runs)
+    assert sig["n_pairs"].tolist() == [2]
+    everything = stats.method_table(runs, counted=None).set_index("method")
+    assert everything.loc["sgd", "final_test_rel_error_mean"] == pytest.approx((0.01 + 0.01 + 0.8) / 3)
+    assert stats.significance(runs, counted=None)["n_pairs"].tolist() == [3]

@@ -4,10 +4,9 @@ import numpy as np
 import pandas as pd
 
 from gradflow_exp.report import load_runs
-from helpers import SMALL
-from test_sweeps import hydra_inprocess
 from gradflow_exp.report.cli import main
 from gradflow_exp.report.figures import panels_for
+from helpers import SMALL, hydra_inprocess
 
 FIG7 = ["experiment=fig7", "dataset.M=300", "trainer.log_every=1", "threads=1", "trainer.epochs=4"]
 DIAG = ["diagnostics.hessian.every=2", "diagnostics.grad_noise.every=2"]

@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from helpers import SMALL, compose_cfg
-from test_sweeps import hydra_inprocess
+from gradflow_exp.rundir import checkpoint_header, read_checkpoint
+from helpers import SMALL, compose_cfg, hydra_inprocess
 
 RUN = ["experiment=fig7", "dataset.M=300", "trainer.epochs=200", "threads=1"]
 
@@ -35,7 +35,7 @@ def assert_same_run(run_dir, reference):
 
 def checkpoint_epoch(run_dir) -> int:
     try:        # written atomically (rename): a read sees the old or the new file
-        return torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"]
+        return checkpoint_header(run_dir / "checkpoint.pt")["epoch"]
     except FileNotFoundError:
         return -1
 
@@ -43,7 +43,7 @@ def checkpoint_epoch(run_dir) -> int:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run."""
-    from gradflow_exp.train import run
+    from gradflow_exp.job import run
 
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     assert run(compose_cfg(SMALL + RUN), run_dir)["status"] == "completed"
@@ -70,10 +70,11 @@ def test_sigkill_then_same_command_resumes_exactly(tmp_path, reference, monkeypa
     assert f"resuming after epoch {killed_at}" in (run_dir / "train.log").read_text()
     assert_same_run(run_dir, reference)
     assert not list(run_dir.glob(".checkpoint.pt.*"))      # no temp file left by the kill
+    assert not list(run_dir.glob(".summary.json.*"))
 
 
 def test_sigterm_writes_checkpoint_and_interrupted_summary(tmp_path, reference):
-    from gradflow_exp.train import run
+    from gradflow_exp.job import run
 
     cfg = compose_cfg(SMALL + RUN + ["trainer.checkpoint_every=1"])
     run_dir = tmp_path / "run"
@@ -98,7 +99,7 @@ def test_sigterm_writes_checkpoint_and_interrupted_summary(tmp_path, reference):
         signal.signal(signal.SIGTERM, previous)
     assert summary["status"] == "interrupted" and 5 <= summary["epochs_completed"] < 200
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    _, ckpt = read_checkpoint(run_dir / "checkpoint.pt")
     assert ckpt["status"] == "interrupted" and ckpt["epoch"] == summary["epochs_completed"]
     assert {"model", "optimizer", "data_rng", "torch_rng", "numpy_rng", "python_rng", "rows", "wall_time"} <= set(ckpt)
     # Started again (checkpoint_every only changes what is written, not the run): resumes.
@@ -106,30 +107,31 @@ def test_sigterm_writes_checkpoint_and_interrupted_summary(tmp_path, reference):
     assert_same_run(run_dir, reference)
 
 
-def resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch, written_fingerprint=None):
+def resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch, age=None):
     """Run ``cfg`` (checkpoint_every=2) to the end, rewind it to epoch 2's checkpoint as if
-    killed there (its summary.json carrying ``written_fingerprint``, default the run's own),
+    killed there (``age(run_dir)`` may then make its files those of an earlier version),
     run it again, and check it ends exactly as the uninterrupted run. Returns the run directory."""
     import shutil
 
-    import gradflow_exp.train as train_mod
+    import gradflow_exp.job as job
 
-    save = train_mod.save_checkpoint
+    save = job.save_checkpoint
 
-    def save_and_keep_epoch_2(path, state):
-        save(path, state)
+    def save_and_keep_epoch_2(path, state, config):
+        save(path, state, config)
         if state["epoch"] == 2:
             shutil.copy(path, tmp_path / "epoch2.pt")
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_and_keep_epoch_2)
+    monkeypatch.setattr(job, "save_checkpoint", save_and_keep_epoch_2)
     run_dir = tmp_path / "run"
-    done = train_mod.run(cfg, run_dir)
+    done = job.run(cfg, run_dir)
     assert done["status"] == "completed"
     shutil.copytree(run_dir, tmp_path / "reference")
     shutil.copy(tmp_path / "epoch2.pt", run_dir / "checkpoint.pt")     # killed after epoch 2's checkpoint
-    fp = written_fingerprint or done["fingerprint"]
-    (run_dir / "summary.json").write_text(json.dumps({"status": "running", "fingerprint": fp}))
-    assert train_mod.run(cfg, run_dir)["status"] == "completed"
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
+    if age is not None:
+        age(run_dir)
+    assert job.run(cfg, run_dir)["status"] == "completed"
     assert_same_run(run_dir, tmp_path / "reference")
     return run_dir
 
@@ -143,7 +145,7 @@ def test_energy_method_resumes_exactly(tmp_path, monkeypatch):
 
 
 def test_finished_run_is_skipped_and_another_config_refused(tmp_path):
-    from gradflow_exp.train import ConfigError, run
+    from gradflow_exp.job import ConfigError, run
 
     cfg = compose_cfg(SMALL + ["experiment=fig7", "dataset.M=300", "trainer.epochs=1"])
     run_dir = tmp_path / "run"
@@ -168,67 +170,55 @@ def test_resume_argument_is_the_run_command(tmp_path):
 
 
 def test_run_of_an_earlier_version_resumes(tmp_path, monkeypatch):
-    """A run started before config keys such as ``replicas`` or ``scheduler`` existed (its
-    fingerprint hashed the config without them, inert keys included) still resumes when
-    those keys are at their "off" value; set to something else they make another run."""
-    from omegaconf import OmegaConf
+    """A run started before config keys such as ``replicas``, ``scheduler`` or RelSAV's
+    ``rhat_batch`` existed (its record and its checkpoint, a bare torch.save without a
+    checksum, lack them) resumes: a missing key is compared at its default (the schema's,
+    or the optimizer constructor's). Set to something else, they make another run."""
+    import yaml
 
-    import gradflow_exp.train as train_mod
+    from gradflow_exp.job import ConfigError, run
 
-    overrides = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=sav", "trainer.epochs=6",
+    overrides = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=relsav", "trainer.epochs=6",
                          "trainer.log_every=1", "trainer.checkpoint_every=2", "threads=1"]
-    cfg = compose_cfg(overrides)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    older = train_mod._hash(train_mod._without(resolved, train_mod.NOT_IDENTITY + ("replicas", "scheduler")))
-    assert older != train_mod.fingerprint(resolved)
-    resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch, written_fingerprint=older)
-    cosine = OmegaConf.to_container(compose_cfg(overrides + ["scheduler=cosine"]), resolve=True)
-    assert not train_mod.same_run(older, cosine)
-    assert train_mod.fingerprint(cosine) != train_mod.fingerprint(resolved)
+    newer = ("replicas", "scheduler", "diagnostics")
+
+    def age(run_dir):
+        record = run_dir / ".hydra" / "config.yaml"
+        config = yaml.safe_load(record.read_text())
+        for key in newer:
+            config.pop(key, None)
+        config["optimizer"].pop("rhat_batch", None)
+        record.write_text(yaml.safe_dump(config))
+        _, state = read_checkpoint(run_dir / "checkpoint.pt")
+        torch.save({**state, "config": config}, run_dir / "checkpoint.pt")     # the old format
+
+    run_dir = resume_from_epoch_2_matches(compose_cfg(overrides), tmp_path, monkeypatch, age)
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
+    for other, what in ((["scheduler=cosine"], "scheduler.name: none → cosine"),
+                        (["optimizer.rhat_batch=next"], "optimizer.rhat_batch: same → next")):
+        age(run_dir)
+        with pytest.raises(ConfigError, match=f"another configuration \\(.*{what}"):
+            run(compose_cfg(overrides + other), run_dir)
 
 
-def test_a_reporting_threshold_does_not_make_another_run(tmp_path, caplog):
-    """trainer.collapse_q only decides a summary flag. A run fingerprinted while it was part
-    of a run's identity (and its default 0.1) extends under today's default, at the value
-    its saved config records; without that record, or with a changed real key, it is
-    another run as before."""
-    from omegaconf import OmegaConf
-
-    import gradflow_exp.train as train_mod
+def test_reporting_and_logging_keys_may_differ(tmp_path):
+    """Keys that change what a run writes or reports, not what it computes (rundir.MAY_DIFFER),
+    may differ between the command that started a run and the one that trains it on."""
+    from gradflow_exp.job import run
 
     base = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=sav", "trainer.log_every=1", "threads=1"]
-    old_cfg = compose_cfg(base + ["trainer.epochs=3", "trainer.collapse_q=0.1"])
     run_dir = tmp_path / "run"
-    assert train_mod.run(old_cfg, run_dir)["status"] == "completed"
-    old = OmegaConf.to_container(old_cfg, resolve=True)      # as earlier versions hashed it
-    skip = tuple(k for k in train_mod.NOT_IDENTITY if k != "trainer.collapse_q")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary["fingerprint"] = train_mod._hash(train_mod._without(old, skip))
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    (run_dir / ".hydra").mkdir()
-    OmegaConf.save(old_cfg, run_dir / ".hydra" / "config.yaml")
-    saved = tmp_path / "saved"
-    import shutil
-    shutil.copytree(run_dir, saved)
-
-    assert compose_cfg(base).trainer.collapse_q == 0.01
-    with pytest.raises(train_mod.ConfigError, match="another configuration"):
-        train_mod.run(compose_cfg(base + ["trainer.epochs=6", "seed=1"]), run_dir)
-    with caplog.at_level("INFO", logger="gradflow_exp"):
-        longer = train_mod.run(compose_cfg(base + ["trainer.epochs=6"]), run_dir)
-    assert "completed after 3 of 3 epochs; training it on to 6" in caplog.text
-    assert longer["status"] == "completed" and longer["epochs_completed"] == 6
-    # with no saved config to read the old value from, the old fingerprint cannot match
-    shutil.rmtree(saved / ".hydra")
-    with pytest.raises(train_mod.ConfigError, match="another configuration"):
-        train_mod.run(compose_cfg(base + ["trainer.epochs=6"]), saved)
+    assert run(compose_cfg(base + ["trainer.epochs=3", "trainer.collapse_q=0.1"]), run_dir)["status"] == "completed"
+    longer = run(compose_cfg(base + ["trainer.epochs=5", "trainer.checkpoint_every=2", "threads=2",
+                                     "hparams_objective=best"]), run_dir)
+    assert longer["status"] == "completed" and longer["epochs_completed"] == 5
 
 
 def test_finished_run_extends_to_more_epochs(tmp_path, caplog):
     """The same command with a larger trainer.epochs trains a finished run on from its
     checkpoint, ending exactly as a run that long from the start; a shorter length, or one
     an lr schedule depends on, is another run and refused."""
-    from gradflow_exp.train import ConfigError, run
+    from gradflow_exp.job import ConfigError, run
 
     base = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=spm_sav", "trainer.log_every=1", "threads=1"]
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
@@ -247,7 +237,8 @@ def test_finished_run_extends_to_more_epochs(tmp_path, caplog):
     assert run(compose_cfg(base + ["trainer.epochs=6"]), reference)["status"] == "completed"
     assert_same_run(run_dir, reference)
     # now a 6-epoch run: the same command skips it, the 3-epoch one is another run
-    assert run(compose_cfg(base + ["trainer.epochs=6"]), run_dir)["fingerprint"] == longer["fingerprint"]
+    again = run(compose_cfg(base + ["trainer.epochs=6"]), run_dir)
+    assert (again["status"], again["epochs_completed"], again["final"]) == ("completed", 6, longer["final"])
     with pytest.raises(ConfigError, match="already trained 6 epochs"):
         run(compose_cfg(base + ["trainer.epochs=3"]), run_dir)
     # a schedule stretched over the run's length would change: another run
@@ -258,7 +249,7 @@ def test_finished_run_extends_to_more_epochs(tmp_path, caplog):
 
 
 def test_a_refused_command_keeps_the_runs_record(tmp_path, monkeypatch, capsys):
-    """Hydra writes a job's .hydra/ before the job can refuse it: a resume with another
+    """A job writes its .hydra/ record only once it is accepted: a resume with another
     setting must not overwrite the run's record (resume=RUN would rebuild the refused
     command from it). The refusal names what differs; an accepted extension records the
     new length once, not beside the old one."""
@@ -270,12 +261,11 @@ def test_a_refused_command_keeps_the_runs_record(tmp_path, monkeypatch, capsys):
     hydra_inprocess(*base, monkeypatch=monkeypatch)
     record = {f.name: f.read_bytes() for f in (run_dir / ".hydra").iterdir()}
     for refused, why in ((["optimizer.lr=0.5"], "another configuration (optimizer.lr: 0.01 → 0.5)"),
-                         (["seed=3", "trainer.epochs=4"], "(seed: 0 → 3)")):
+                         (["seed=3", "trainer.epochs=4"], "seed: 0 → 3)")):
         with pytest.raises(SystemExit) as exit_:
             hydra_inprocess(f"resume={run_dir}", *refused, monkeypatch=monkeypatch)
         assert exit_.value.code == 2 and why in capsys.readouterr().err
         assert {f.name: f.read_bytes() for f in (run_dir / ".hydra").iterdir()} == record
-        assert not (run_dir / ".hydra_pending").exists()
     hydra_inprocess(f"resume={run_dir}", "trainer.epochs=3", monkeypatch=monkeypatch)
     assert json.loads((run_dir / "summary.json").read_text())["epochs_completed"] == 3
     overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
@@ -291,13 +281,13 @@ def test_a_fresh_run_that_fails_on_bad_input_records_its_config(tmp_path, monkey
         hydra_inprocess(*SMALL, "experiment=fig7", "dataset.M=300", "trainer.batch_size=5000",
                         f"hydra.run.dir={run_dir}", monkeypatch=monkeypatch)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
-    assert (run_dir / ".hydra" / "config.yaml").is_file() and not (run_dir / ".hydra_pending").exists()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
 
 
 def test_a_diverged_run_asked_for_more_epochs_is_skipped(tmp_path, caplog):
     """A longer run of a diverged one is that run up to the same NaN: extending a sweep
     (gradflow-reproduce FIG --epochs N into the same directory) skips it, files untouched."""
-    from gradflow_exp.train import run
+    from gradflow_exp.job import run
 
     base = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=sgd", "optimizer.lr=500", "threads=1"]
     run_dir = tmp_path / "run"

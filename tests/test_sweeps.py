@@ -5,35 +5,11 @@ import math
 import pytest
 import yaml
 
+from helpers import hydra_inprocess
+
 TINY = ["experiment=fig7", "dataset.M=300", "logger=none", "trainer.progress=false"]
 # Two jobs through submitit, each its own process; Δt = 50 makes the second diverge.
 SWEEP = ["-m", *TINY, "optimizer=sgd", "optimizer.lr=0.01,50", "trainer.epochs=2", "trainer.log_every=1"]
-
-
-def hydra_inprocess(*args, monkeypatch):
-    """`gradflow-train ARGS` in this process (no second torch import: seconds per call);
-    Hydra's global state and logging are put back afterwards."""
-    import logging
-    import sys
-
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    from gradflow_exp.train import main
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    monkeypatch.setattr(sys, "argv", ["gradflow-train", *args])
-    try:
-        main()
-    finally:
-        GlobalHydra.instance().clear()
-        HydraConfig.instance().cfg = None
-        for h in root.handlers:
-            if h not in handlers:
-                h.close()       # Hydra's train.log handlers
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def compose_hydra(overrides):
@@ -78,7 +54,7 @@ def test_restarted_multirun_skips_finished_jobs(submitit_sweep, monkeypatch):
     done = json.loads((sweep / "0" / "summary.json").read_text())
     metrics1 = (sweep / "1" / "metrics.csv").stat().st_mtime_ns
     (sweep / "0" / "checkpoint.pt").unlink()
-    (sweep / "0" / "summary.json").write_text(json.dumps({"status": "running", "fingerprint": done["fingerprint"]}))
+    (sweep / "0" / "summary.json").write_text(json.dumps({"status": "running"}))
     (sweep / "0" / "metrics.csv").write_text("epoch,step\n0,0\n1,")        # cut by the crash
     hydra_inprocess(*SWEEP, f"hydra.sweep.dir={sweep}", monkeypatch=monkeypatch)
     assert "already diverged; skipping it" in (sweep / "1" / "train.log").read_text()
@@ -108,7 +84,7 @@ def test_optuna_search_over_lr_C_lam(tmp_path, monkeypatch):
 
 
 def test_objective_counts_unfinished_runs_as_worst():
-    from gradflow_exp.train import objective
+    from gradflow_exp.job import objective
 
     run = {"status": "completed", "final": {"test_rel_error": 0.2}, "best": {"test_rel_error": 0.1}}
     assert objective(run) == 0.2 and objective(run, "best") == 0.1

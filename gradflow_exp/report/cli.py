@@ -23,20 +23,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="metric for the target, the median column and the paired tests (default test_rel_error)")
     p.add_argument("--band", choices=["minmax", "iqr"], default="minmax",
                    help="band drawn around the median over seeds (default minmax)")
+    p.add_argument("--include-unfinished", action="store_true",
+                   help="let runs that did not complete (still running, interrupted, diverged, failed) into the "
+                        "means, medians and paired tests (default: they are counted by status only)")
     p.add_argument("--until", type=int, default=None, metavar="EPOCH",
                    help="compare runs of different lengths at one epoch: drop every row after "
                         "EPOCH; a run that went on past it counts as completed there, flagged on its rows up to it")
     return p.parse_args(argv)
 
 
-def write_tables(df, out: Path, metric: str, target: float) -> tuple[list[Path], str]:
+def write_tables(df, out: Path, metric: str, target: float, include_unfinished: bool = False
+                 ) -> tuple[list[Path], str]:
     """CSV and Markdown of the per-run, per-method and significance tables; returns the
     paths and the Markdown that goes to stdout."""
     from . import stats
 
+    counted = None if include_unfinished else stats.COUNTED
     runs = stats.per_run(df, metric, target)
-    table = stats.method_table(runs, metric, target)
-    sig = stats.significance(runs, metric)
+    table = stats.method_table(runs, metric, target, counted)
+    sig = stats.significance(runs, metric, counted)
     summary_md = stats.method_markdown(table)
     problems = stats.problem_runs_markdown(runs)
     if problems:
@@ -61,12 +66,14 @@ def write_tables(df, out: Path, metric: str, target: float) -> tuple[list[Path],
 
 
 def report(dirs, out=None, metric="test_rel_error", target=1e-3, band="minmax",
-           until=None) -> tuple[list[Path], str]:
+           until=None, include_unfinished=False) -> tuple[list[Path], str]:
     """The whole report; returns (paths written, Markdown). Raises ReportError on bad input."""
     from .figures import plot_all
     from .load import RUN_COLUMNS, ReportError, cut_at, load_runs
 
     df = load_runs(dirs)
+    for why in df.attrs.get("skipped", []):
+        print(f"gradflow-report: warning: left out an unreadable run: {why}", file=sys.stderr)
     if until is not None:
         df = cut_at(df, until)
     if metric not in df.columns or metric in RUN_COLUMNS:
@@ -76,7 +83,7 @@ def report(dirs, out=None, metric="test_rel_error", target=1e-3, band="minmax",
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    paths, md = write_tables(df, out, metric, target)
+    paths, md = write_tables(df, out, metric, target, include_unfinished)
     paths += plot_all(df, out, band)
     return paths, md
 
@@ -86,7 +93,8 @@ def main(argv=None) -> int:
     from .load import ReportError
 
     try:
-        paths, md = report(args.dirs, args.out, args.metric, args.target, args.band, args.until)
+        paths, md = report(args.dirs, args.out, args.metric, args.target, args.band, args.until,
+                           args.include_unfinished)
     except ReportError as e:
         print(f"gradflow-report: error: {e}", file=sys.stderr)
         return 2

@@ -15,24 +15,27 @@ import pandas as pd
 import yaml
 
 from gradflow_exp.flags import COLLAPSE_Q, run_flags
+from gradflow_exp.rundir import EPOCHS, MAY_DIFFER, covered, flatten
 
 RUN_MARKERS = ("summary.json", "metrics.csv")
 # Directories that hold a run's internals, never another run.
 SKIP_DIRS = {".hydra", ".hydra_pending", "wandb", "__pycache__"}
-# Config keys whose differences do not make a different method: the seed is the replicate
-# axis; the rest only change how a run is logged or where it computes.
-# Keys that say how a run was executed or logged, not which method it is.
-NOT_METHOD_KEYS = {"seed", "device", "threads", "trainer.progress", "trainer.checkpoint",
-                   "trainer.eval_chunk", "trainer.log_every", "trainer.checkpoint_every", "trainer.epochs",
-                   "trainer.collapse_q", "hparams_objective", "resume"}
-# diagnostics only add columns; a replica's own values are in its optimizer.* and seed keys
-NOT_METHOD_PREFIXES = ("logger.", "hydra.", "diagnostics.", "replicas.", "references")
+# Config keys whose differences do not make another method: those a run may be resumed with
+# (rundir.MAY_DIFFER: how it is logged and checkpointed), the seed (the replicate axis), and
+# where or how long it ran and what it logs besides (diagnostics only add columns; a
+# replica's own values are in its optimizer.* and seed keys).
+NOT_METHOD = (*MAY_DIFFER, "seed", "dataset.seed", "optimizer.spm.seed", "device", "trainer.eval_chunk", "trainer.log_every", EPOCHS,
+              "diagnostics", "replicas", "hydra", "resume", "name", "optimizer._target_")
 RUN_COLUMNS = ["run_dir", "experiment", "method", "optimizer", "seed", "status",
                "epochs_completed", "run_wall_time", "error", "flags", "collapse_q"]
 
 
 class ReportError(Exception):
     """A problem with the user's input, reported as one line (exit code 2), no traceback."""
+
+
+class UnreadableRun(Exception):
+    """A run directory whose files cannot be read: named in a warning and left out."""
 
 
 @dataclass
@@ -102,16 +105,21 @@ def _read_summary(run_dir: Path) -> dict:
 
 def read_metrics(run_dir: Path) -> pd.DataFrame | None:
     """metrics.csv with numeric columns, sorted by epoch; None when absent or empty
-    (a run killed before its first row, or one that failed on bad input)."""
+    (a run killed before its first row, or one that failed on bad input); UnreadableRun
+    when it is there but cannot be read as one."""
     path = run_dir / "metrics.csv"
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
         m = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
+    except pd.errors.EmptyDataError:
         return None
-    if m.empty or "epoch" not in m.columns:
+    except Exception as e:  # noqa: BLE001 - a directory, binary garbage, a bad row
+        raise UnreadableRun(f"{path}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+    if m.empty:
         return None
+    if "epoch" not in m.columns:
+        raise UnreadableRun(f"{path}: no epoch column")
     m = m.apply(pd.to_numeric, errors="coerce")
     return m.sort_values("epoch", kind="stable").reset_index(drop=True)
 
@@ -124,19 +132,6 @@ def parse_overrides(items) -> dict:
             continue
         key, value = item.split("=", 1)
         out[key.lstrip("+~")] = value
-    return out
-
-
-def flatten(d, prefix="") -> dict:
-    """Nested config → {"optimizer.lr": 0.1, ...}; lists are kept as values."""
-    out = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict) and v:
-                out.update(flatten(v, key + "."))
-            else:
-                out[key] = v
     return out
 
 
@@ -211,8 +206,7 @@ def _short_key(key: str) -> str:
 
 
 def _is_method_key(key: str) -> bool:
-    return key not in NOT_METHOD_KEYS and not key.startswith(NOT_METHOD_PREFIXES) \
-        and key != "optimizer._target_" and key != "name"
+    return not covered(key, NOT_METHOD)
 
 
 def method_labels(runs: list[Run]) -> list[str]:
@@ -279,11 +273,19 @@ def load_runs(paths) -> pd.DataFrame:
     """Every run below ``paths`` → one tidy frame: run-level columns (RUN_COLUMNS) then the
     union of metrics.csv columns, one row per run × logged epoch (one NaN row for a run with
     no metrics). Row order follows the sweep, so methods appear in the order they were run."""
-    runs = [read_run(d) for d in find_run_dirs(paths)]
+    runs, skipped = [], []
+    for d in find_run_dirs(paths):
+        try:
+            runs.append(read_run(d))
+        except UnreadableRun as e:
+            skipped.append(str(e))
+    if not runs:
+        raise ReportError(f"no readable runs ({'; '.join(skipped)})")
     labels = method_labels(runs)
     df = pd.concat([_run_rows(r, lab) for r, lab in zip(runs, labels)], ignore_index=True, sort=False)
     df["seed"] = df["seed"].astype("Int64")
     df["epochs_completed"] = pd.to_numeric(df["epochs_completed"], errors="coerce").astype("Int64")
+    df.attrs["skipped"] = skipped       # unreadable runs, for the caller's warning
     return df
 
 

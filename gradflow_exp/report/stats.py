@@ -100,21 +100,28 @@ def status_counts(statuses) -> str:
     return ", ".join(f"{counts[k]} {k}" for k in keys)
 
 
-def method_table(runs: pd.DataFrame, metric: str = "test_rel_error", target: float = 1e-3) -> pd.DataFrame:
+COUNTED = ("completed",)     # statuses whose runs enter means, medians and tests by default
+
+
+def method_table(runs: pd.DataFrame, metric: str = "test_rel_error", target: float = 1e-3,
+                 counted=COUNTED) -> pd.DataFrame:
     """Per (experiment, method): n seeds, status counts, mean/CI/median/n of final and best
     of each metric over seeds, how many seeds reached the target and the median epoch and
     time at which they did, mean wall time per epoch, the earliest and latest last epoch of
     its runs. Numbers only (the Markdown adds text)."""
     metrics = [c[len("final_"):] for c in runs.columns if c.startswith("final_")]
     rows = []
-    for (exp, method), g in runs.groupby(["experiment", "method"], sort=False):
-        row = {"experiment": exp, "method": method, "n": len(g),
-               "seeds": int(g["seed"].nunique()), "status": status_counts(g["status"])}
+    for (exp, method), everything in runs.groupby(["experiment", "method"], sort=False):
+        # every run is counted by status; only ``counted`` ones (by default those that
+        # completed: a run still training has partial values) enter the numbers
+        g = everything[everything["status"].isin(counted)] if counted is not None else everything
+        row = {"experiment": exp, "method": method, "n": len(everything),
+               "seeds": int(everything["seed"].nunique()), "status": status_counts(everything["status"])}
         ends = _finite(g["epochs"].astype(float))        # "final" is at each run's last epoch
         row["epochs_min"] = float(ends.min()) if ends.size else math.nan
         row["epochs_max"] = float(ends.max()) if ends.size else math.nan
         for st in ("completed", "diverged", "failed"):
-            row[f"n_{st}"] = int((g["status"] == st).sum())
+            row[f"n_{st}"] = int((everything["status"] == st).sum())
         for kind in ("final", "best"):
             for m in metrics:
                 col = g[f"{kind}_{m}"].astype(float)
@@ -179,7 +186,7 @@ def paired_test(a, b, metric: str = "test_rel_error") -> dict:
     return out
 
 
-def significance(runs: pd.DataFrame, metric: str = "test_rel_error") -> pd.DataFrame:
+def significance(runs: pd.DataFrame, metric: str = "test_rel_error", counted=COUNTED) -> pd.DataFrame:
     """Every pair of methods within an experiment, on the seeds both ran to a finite final
     ``metric`` (runs that diverged or failed are counted in ``n_excluded``, not compared).
     ``mean_diff`` is mean(a − b) on the compared scale (log10 for errors: −1 means a is 10×
@@ -187,6 +194,8 @@ def significance(runs: pd.DataFrame, metric: str = "test_rel_error") -> pd.DataF
     over the experiment's pairs in ``p_holm``."""
     col = f"final_{metric}"
     out = []
+    if counted is not None:
+        runs = runs[runs["status"].isin(counted)]
     for exp, g in runs.groupby("experiment", sort=False):
         methods = list(dict.fromkeys(g["method"]))
         rows = []
