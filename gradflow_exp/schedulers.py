@@ -37,7 +37,7 @@ class EpochScheduler:
 def stretched_over_run(node: dict | None) -> bool:
     """Whether build_scheduler takes this schedule's length from the run's ``epochs`` in code
     (warm-up then cosine), so a longer run is another schedule. (cosine's T_max is
-    ``${trainer.epochs}`` in its config, where the run's fingerprint already sees it.)"""
+    ``${trainer.epochs}`` in its config, where the comparison of a run's recorded config already sees it.)"""
     node = node or {}
     return node.get("name") == "warmup" and node.get("then") == "cosine"
 
