@@ -50,7 +50,9 @@ def run(task, args: list[str]) -> None:
         if debug:
             raise
         _exit(hydra_message(e), 2)
-    except Exception as e:
+    except KeyboardInterrupt:
+        _exit("interrupted (Ctrl-C); the same command resumes from the last checkpoint", 130)
+    except Exception as e:  # noqa: BLE001 - a fault outside any job (a sweeper, a launcher)
         if debug:
             raise
         _exit(f"{type(e).__name__}: {_first_line(e)}", 1)

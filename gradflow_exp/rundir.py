@@ -459,6 +459,9 @@ class RunDir:
         if status == "diverged":     # the longer run is this one up to the same NaN
             return Plan("skip", previous, note=f"diverged at epoch {previous.get('epochs_completed')}; a longer "
                                                "run diverges there too: skipping it")
+        if not ckpt.is_file() and status not in ("completed", "interrupted"):
+            return Plan("new", previous, note=f"unfinished ({status}) and no checkpoint: starting again from "
+                                              f"epoch 0 with trainer.epochs={wanted}")
         done = previous.get("epochs_completed")
         if ckpt.is_file() and done is None:
             done = checkpoint_header(ckpt).get("epoch")

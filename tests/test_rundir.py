@@ -146,3 +146,15 @@ def test_a_full_disk_ends_in_one_line_and_a_failed_summary(tiny_disk, monkeypatc
     assert not [p for p in run_dir.rglob("*") if ".tmp-" in p.name]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path):
+    """Killed before any checkpoint (summary 'running', some rows): the same command, or
+    one with more epochs, trains it from epoch 0; nothing of another run's is kept."""
+    run_dir = tmp_path / "run"
+    _run(run_dir, "trainer.epochs=2", "trainer.checkpoint=false")
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
+    (run_dir / "metrics.csv").write_text("epoch,step\n0,0\n1,")
+    again = _run(run_dir, "trainer.epochs=4", "trainer.checkpoint=false")
+    assert again["status"] == "completed" and again["epochs_completed"] == 4
+    assert (run_dir / "metrics.csv").read_text().count("\n") == 5
