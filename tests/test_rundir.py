@@ -157,4 +157,4 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path):
     (run_dir / "metrics.csv").write_text("epoch,step\n0,0\n1,")
     again = _run(run_dir, "trainer.epochs=4", "trainer.checkpoint=false")
     assert again["status"] == "completed" and again["epochs_completed"] == 4
-    assert (run_dir / "metrics.csv").read_text().count("\n") == 5
+    assert (run_dir / "metrics.csv").read_text().count("\n") == 6       # header + epochs 0..4
