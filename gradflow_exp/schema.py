@@ -390,32 +390,27 @@ def describe(e: ValidationError, data: dict, limit: int = 3) -> str:
     """pydantic's errors → 'key must be …, got …' per key (union alternatives joined by 'or')."""
     by_key: dict[str, list[dict]] = {}
     for err in e.errors():
-        by_key.setdefault(_key(err["loc"], data), []).append(err)
+        by_key.setdefault(_key(err, data), []).append(err)
     unknown = {key for key, errs in by_key.items() if any(err["type"] == "extra_forbidden" for err in errs)}
     parts = [_message(key, errs, data, unknown) for key, errs in by_key.items()]
     more = f"; … {len(parts) - limit} more" if len(parts) > limit else ""
     return "; ".join(parts[:limit]) + more
 
 
-def _key(loc: tuple, data) -> str:
-    """The dotted config key of an error location (union tags dropped)."""
+def _key(err: dict, data) -> str:
+    """The dotted config key of an error: its location's items that are keys (or list
+    indices) of the config, union tags dropped; a missing key is the last item."""
     parts, node = [], data
-    for item in loc:
+    for item in err["loc"]:
         if isinstance(node, dict) and item in node:
             parts.append(str(item))
             node = node[item]
         elif isinstance(node, (list, tuple)) and isinstance(item, int) and item < len(node):
-            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
             node = node[item]
-        elif isinstance(node, dict) and isinstance(item, str) and not item.startswith(("function-", "literal[")) \
-                and item not in _TAGS:
-            parts.append(item)          # a key that is not there (missing, or unknown)
-            node = None
+    if err["type"] == "missing":
+        parts.append(str(err["loc"][-1]))
     return ".".join(parts)
-
-
-_TAGS = {*SCHEDULERS, *SYNTHETIC_PROBLEMS, "mnist", "burgers", "wandb", "none", "int", "float", "str",
-         "gradflow_exp.models.TwoLayerNet", "gradflow_exp.models.MLP", "gradflow_exp.models.BurgersPINN"}
 
 
 def _lookup(data, key: str):
@@ -454,6 +449,8 @@ def _message(key: str, errs: list[dict], data, unknown: set[str]) -> str:
         w = _want(err)
         if w not in wants:
             wants.append(w)
+    if len(wants) > 1:          # a union: "'plain' or 'particle' or a finite number"
+        wants = [w.removeprefix("one of ") for w in wants]
     return f"{_LABELS.get(key, key)} must be {' or '.join(wants)}, got {_lookup(data, key)!r}"
 
 
