@@ -78,6 +78,8 @@ restart are read from the first group.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from gradflow_exp.optim.base import (
@@ -91,15 +93,18 @@ RHAT_BATCHES = ("same", "next")
 
 
 def eval_no_grad(closure) -> torch.Tensor:
-    """The loss at the current parameters on the same batch, forward only."""
+    """The loss at the current parameters on the same batch: ``closure(backward=False)``,
+    one forward pass, when the closure takes that keyword (`BatchClosure` does); a standard
+    PyTorch closure (zero grads, forward, backward) is called as it is, at the cost of a
+    backward pass whose gradients nothing reads."""
     try:
+        params = inspect.signature(closure).parameters
+    except (TypeError, ValueError):      # a builtin or C callable: call it plainly
+        params = {}
+    if "backward" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return closure(backward=False)
-    except TypeError as err:
-        raise TypeError(
-            "relaxed methods re-evaluate the loss after the update with "
-            "closure(backward=False); use gradflow_exp.optim.BatchClosure or a closure "
-            f"accepting that keyword ({err})"
-        ) from err
+    with torch.enable_grad():
+        return closure()
 
 
 class _SAVCore(EnergyOptimizer):

@@ -241,3 +241,28 @@ def test_shared_keys_sweep_across_methods(caplog):
     assert isinstance(opt, torch.optim.SGD) and "C" not in opt.param_groups[0]
     # one line for all of them (an experiment that sets C and λ for its SAV methods)
     assert [r.getMessage() for r in caplog.records] == ["SGD has no hyperparameter C=100.0, lam=4.0: ignored"]
+
+
+@pytest.mark.parametrize("name", ["relsav", "arelsav", "relexpsav"])
+def test_relaxed_methods_take_a_standard_closure(name):
+    """A torch user's closure (zero grads, forward, backward, return the loss) drives the
+    relaxed methods to the same trajectory as BatchClosure's closure(backward=False)."""
+    cls, kw = METHODS[name]
+    x, y = regression_data()
+    runs = []
+    for standard in (False, True):
+        model = small_net()
+        opt = cls(model.parameters(), **kw)
+        for _, _, xb, yb in batches(x, y, 16, 2):
+            if standard:
+                def closure(xb=xb, yb=yb):
+                    opt.zero_grad()
+                    loss = torch.nn.functional.mse_loss(model(xb), yb)
+                    loss.backward()
+                    return loss
+            else:
+                closure = closure_for(model, xb, yb)
+            opt.step(closure)
+        runs.append((flat(model), opt.diagnostics()["xi"]))
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-12, atol=1e-14)
+    assert runs[0][1] == runs[1][1]
