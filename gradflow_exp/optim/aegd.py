@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from gradflow_exp.optim.base import (
-    F64, RESTARTS, EnergyOptimizer, check_C, check_choice, check_lr,
-    check_time_scale, grads_of, s_sqrt, to_dtype,
+    F64, RESTARTS, EnergyOptimizer, add_, check_C, check_choice, check_lr, check_time_scale, div,
+    grads_of, mul_, s_sqrt,
 )
 
 
@@ -32,10 +32,10 @@ class AEGD(EnergyOptimizer):
     diagnostic_keys = ("energy", "r", "r_hat", "q", "eff_step")
 
     def __init__(self, params, lr: float = 0.1, C: float = 1.0, restart: str = "none",
-                 time_scale: float = 1.0):
+                 time_scale: float = 1.0, replicas: int | None = None):
         super().__init__(params, dict(lr=check_lr(lr), C=check_C(C),
                                       restart=check_choice("restart", restart, RESTARTS),
-                                      time_scale=check_time_scale(time_scale)))
+                                      time_scale=check_time_scale(time_scale)), replicas)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -48,28 +48,30 @@ class AEGD(EnergyOptimizer):
             if not params:
                 continue
             ek = group["lr"] * group["time_scale"]        # ηK
-            s = to_dtype(sqrtE, params[0])
             rs = []
             for p in params:
                 st = self.state[p]
                 if restart or "r" not in st:
-                    st["r"] = torch.empty_like(p).fill_(s)   # r_i = √(I+c)
+                    st["r"] = torch.zeros_like(p)
+                    add_([st["r"]], sqrtE)                   # r_i = √(I+c)
                 rs.append(st["r"])
-            v = torch._foreach_div(grads, 2 * s)             # v = g/(2√(I+c))
+            v = div(grads, 2 * sqrtE)                        # v = g/(2√(I+c))
             den = torch._foreach_mul(v, v)
-            torch._foreach_mul_(den, 2 * ek)
+            mul_(den, 2 * ek)
             torch._foreach_add_(den, 1.0)                    # 1 + 2ηK v²
             torch._foreach_div_(rs, den)                     # r ← r/(1 + 2ηK v²)
             torch._foreach_mul_(v, rs)
-            torch._foreach_add_(params, v, alpha=-2 * ek)    # θ ← θ − 2ηK r v
+            self._axpy(params, v, -2 * ek)                   # θ ← θ − 2ηK r v
         self._put(anchor, "r_hat", sqrtE)
         return loss
 
     def diagnostics(self):
         anchor = self._anchor()
         if "r_hat" not in anchor:
-            return {k: float("nan") for k in self.diagnostic_keys}
+            shape = () if self.replicas is None else (self.replicas,)
+            return {k: torch.full(shape, float("nan"), dtype=F64) for k in self.diagnostic_keys}
         r_hat = anchor["r_hat"]
+        rows = self.replicas or 1                           # sums per replica
         sq = torch.zeros_like(r_hat)
         lin = torch.zeros_like(r_hat)
         n = 0
@@ -77,9 +79,10 @@ class AEGD(EnergyOptimizer):
             for p in group["params"]:
                 r = self.state[p].get("r")
                 if r is not None:
-                    sq = sq + r.pow(2).sum(dtype=F64)
-                    lin = lin + r.sum(dtype=F64)
-                    n += r.numel()
+                    flat = r.reshape(rows, -1) if self.replicas else r.reshape(-1)
+                    sq = sq + flat.pow(2).sum(-1, dtype=F64)
+                    lin = lin + flat.sum(-1, dtype=F64)
+                    n += flat.shape[-1]
         energy = sq / n
         g0 = self.param_groups[0]
         return {"energy": energy, "r": energy.sqrt(), "r_hat": r_hat,

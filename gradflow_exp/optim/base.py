@@ -18,6 +18,16 @@ waits for the device. Both paths evaluate the same formulas in float64.
 Diagnostics are written during ``step`` (no host sync on accelerators) and read by
 ``diagnostics()``, as 0-d float64 tensors, only at logging points. Every method has a
 fixed key set; before the first step all keys are NaN.
+
+Replicas. ``replicas=R`` makes one optimizer R independent copies of itself: every
+parameter carries a leading replica dimension [R, …] (R models stacked), the closure
+returns the R losses [R], and every per-run scalar (the SAV variable r, ⟨g, d⟩, the
+diagnostics) is a float64 vector [R]; ``lr``, ``C``, ``lam`` and ``eta`` may be given as
+sequences of R values. The update code is the same code: inner products reduce over all
+but the replica dimension (`dot`) and scalars broadcast along it (`mul`, `add`, `div`
+and their in-place forms), so replica k follows the run of the same optimizer on its own
+model, to rounding (tests/optim/test_optim_replicas.py). Shared scalars (Adam's step
+count, a restart) stay 0-d.
 """
 from __future__ import annotations
 
@@ -29,9 +39,21 @@ from torch.optim import Optimizer
 
 F64 = torch.float64
 RESTARTS = ("none", "epoch")
+PER_REPLICA = ("lr", "C", "lam", "eta")      # hyperparameters that may differ between replicas
 
 
 # --------------------------------------------------------------------------- validation
+def _each(check):
+    """A check of one value that also checks each of R values (per-replica hyperparameters)."""
+    def checked(value):
+        if isinstance(value, (list, tuple)) or (isinstance(value, torch.Tensor) and value.dim() > 0):
+            return [check(v) for v in (value.tolist() if isinstance(value, torch.Tensor) else value)]
+        return check(value)
+    checked.__name__, checked.__doc__ = check.__name__, check.__doc__
+    return checked
+
+
+@_each
 def check_lr(lr) -> float:
     lr = float(lr)
     if not lr > 0:  # also rejects NaN
@@ -39,6 +61,7 @@ def check_lr(lr) -> float:
     return lr
 
 
+@_each
 def check_C(C) -> float:
     C = float(C)
     if not C > 0:
@@ -46,6 +69,7 @@ def check_C(C) -> float:
     return C
 
 
+@_each
 def check_lam(lam) -> float:
     lam = float(lam)
     if not lam >= 0:
@@ -53,6 +77,7 @@ def check_lam(lam) -> float:
     return lam
 
 
+@_each
 def check_eta(eta) -> float:
     eta = float(eta)
     if not 0.0 <= eta <= 1.0:
@@ -109,9 +134,12 @@ def grads_of(group) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return params, [p.grad for p in params]
 
 
-def dot(xs, ys, host: bool = False) -> torch.Tensor | float:
+def dot(xs, ys, host: bool = False, replicas: int | None = None) -> torch.Tensor | float:
     """Σ_i ⟨x_i, y_i⟩ accumulated in float64: a 0-d tensor (no host sync), or with
-    ``host=True`` a Python float."""
+    ``host=True`` a Python float; with ``replicas`` one sum per replica (dimension 0), [R]."""
+    if replicas is not None:
+        return sum(torch.linalg.vecdot(x.reshape(replicas, -1).to(F64), y.reshape(replicas, -1).to(F64))
+                   for x, y in zip(xs, ys))
     if not xs:
         return 0.0 if host else torch.zeros((), dtype=F64)
     if xs[0].dtype == F64:      # one fused dot per tensor, no temporaries
@@ -143,6 +171,44 @@ def _fsum(values: list[float]) -> float:
 def to_dtype(t, like: torch.Tensor):
     """A scalar in ``like``'s dtype and device for a foreach op (Python floats as they are)."""
     return t if isinstance(t, float) else t.to(dtype=like.dtype, device=like.device)
+
+
+# ---------------------------------------- a list of tensors times a scalar (or a per-replica one)
+def _per_replica(s) -> bool:
+    return isinstance(s, torch.Tensor) and s.dim() == 1
+
+
+def _along(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-replica vector [R] shaped to broadcast along ``like``'s replica dimension."""
+    return s.to(dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+
+
+def mul(xs, s):
+    return [x * _along(s, x) for x in xs] if _per_replica(s) else torch._foreach_mul(xs, to_dtype(s, xs[0]))
+
+
+def mul_(xs, s) -> None:
+    if _per_replica(s):
+        for x in xs:
+            x.mul_(_along(s, x))
+    else:
+        torch._foreach_mul_(xs, to_dtype(s, xs[0]))
+
+
+def add(xs, s):
+    return [x + _along(s, x) for x in xs] if _per_replica(s) else torch._foreach_add(xs, to_dtype(s, xs[0]))
+
+
+def add_(xs, s) -> None:
+    if _per_replica(s):
+        for x in xs:
+            x.add_(_along(s, x))
+    else:
+        torch._foreach_add_(xs, to_dtype(s, xs[0]))
+
+
+def div(xs, s):
+    return [x / _along(s, x) for x in xs] if _per_replica(s) else torch._foreach_div(xs, to_dtype(s, xs[0]))
 
 
 # ------------------------------------------------------- scalars: Python float or 0-d tensor
@@ -217,11 +283,38 @@ class EnergyOptimizer(Optimizer):
     _CHECKS = {"lr": check_lr, "C": check_C, "lam": check_lam, "eta": check_eta,
                "betas": check_betas, "eps": check_eps, "time_scale": check_time_scale}
 
+    def __init__(self, params, defaults: dict, replicas: int | None = None):
+        if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1):
+            raise ValueError(f"replicas must be a positive integer (the leading dimension of every parameter), "
+                             f"got {replicas!r}")
+        self.replicas = replicas
+        super().__init__(params, defaults)
+
     def add_param_group(self, param_group: dict) -> None:
-        """As torch's, with the same hyperparameter validation as ``__init__``."""
+        """As torch's, with the same hyperparameter validation as ``__init__``; with
+        replicas, a parameter's leading dimension must be R, and ``lr``, ``C``, ``lam``,
+        ``eta`` may be R values (kept as a float64 vector [R])."""
+        full = {**self.defaults, **param_group}
+        R = self.replicas
+        params = list(param_group["params"]) if not isinstance(param_group["params"], torch.Tensor) \
+            else [param_group["params"]]
         for key, check in self._CHECKS.items():
-            if key in param_group:
-                param_group[key] = check(param_group[key])
+            if key not in full:
+                continue
+            value = full[key]
+            if key in PER_REPLICA and isinstance(value, (list, tuple, torch.Tensor)):
+                values = value.tolist() if isinstance(value, torch.Tensor) else list(value)
+                if R is None or len(values) != R:
+                    raise ValueError(f"{key} has {len(values)} values; one per replica needs replicas={len(values)}")
+                param_group[key] = torch.tensor([check(v) for v in values], dtype=F64,
+                                                device=params[0].device if params else None)
+            elif key in param_group or (R is not None and key in PER_REPLICA):
+                param_group[key] = check(value)
+        if R is not None:
+            for p in params:
+                if p.dim() == 0 or p.shape[0] != R:
+                    raise ValueError(f"with replicas={R} every parameter needs a leading dimension of {R} "
+                                     f"(R models stacked), got shape {tuple(p.shape)}")
         super().add_param_group(param_group)
 
     def _loss_and_grad(self, closure) -> tuple[torch.Tensor, torch.Tensor | float]:
@@ -235,23 +328,32 @@ class EnergyOptimizer(Optimizer):
     # -- scalars (see the module docstring)
     @property
     def _host(self) -> bool:
-        """Scalar arithmetic in Python floats: the parameters live on the CPU."""
-        return self.param_groups[0]["params"][0].is_cpu
+        """Scalar arithmetic in Python floats: the parameters live on the CPU (one run)."""
+        return self.replicas is None and self.param_groups[0]["params"][0].is_cpu
 
     def _scalar(self, x) -> torch.Tensor | float:
         """A loss, inner product or stored state value as this optimizer's scalar type:
-        a Python float on CPU, a 0-d float64 tensor on its device otherwise."""
+        a Python float on CPU, a 0-d float64 tensor on its device otherwise; with replicas,
+        a per-replica value (the losses) as a vector [R], a shared one 0-d."""
+        device = self.param_groups[0]["params"][0].device
         if self._host:
             return float(x)
         if isinstance(x, torch.Tensor):
-            return x.detach().to(device=self.param_groups[0]["params"][0].device, dtype=F64).reshape(())
-        return torch.tensor(float(x), dtype=F64, device=self.param_groups[0]["params"][0].device)
+            x = x.detach().to(device=device, dtype=F64)
+            return x.reshape(-1) if self.replicas is not None and x.dim() >= 1 else x.reshape(())
+        return torch.tensor(float(x), dtype=F64, device=device)
 
     def _dot(self, xs, ys):
-        return dot(xs, ys, host=self._host)
+        return dot(xs, ys, host=self._host, replicas=self.replicas)
 
     def _sqnorm(self, xs):
+        if self.replicas is not None:
+            return dot(xs, xs, replicas=self.replicas)
         return sqnorm(xs, host=self._host)
+
+    def _numel(self, xs) -> int:
+        """Entries of one run's tensors (per replica)."""
+        return sum(x.numel() for x in xs) // (self.replicas or 1)
 
     def _get(self, state: dict, key: str, default):
         """A stored scalar (0-d float64 tensor in the state) as this optimizer's scalar."""
@@ -266,9 +368,12 @@ class EnergyOptimizer(Optimizer):
 
     @staticmethod
     def _axpy(params, xs, coef) -> None:
-        """params += coef · xs, coef a Python float or a 0-d tensor."""
+        """params += coef · xs, coef a Python float, a 0-d tensor or a per-replica vector."""
         if isinstance(coef, float):
             torch._foreach_add_(params, xs, alpha=coef)
+        elif _per_replica(coef):
+            for p, x in zip(params, xs):
+                p.add_(x * _along(coef, x))
         else:
             torch._foreach_add_(params, torch._foreach_mul(xs, to_dtype(coef, xs[0])))
 
@@ -288,14 +393,15 @@ class EnergyOptimizer(Optimizer):
             anchor["diag_" + k] = values[k]
 
     def diagnostics(self) -> dict[str, torch.Tensor]:
-        """Last step's diagnostics as 0-d float64 tensors; NaN for every key before the
-        first step."""
+        """Last step's diagnostics as 0-d float64 tensors (with replicas, vectors [R]);
+        NaN for every key before the first step."""
         anchor = self._anchor()
+        shape = () if self.replicas is None else (self.replicas,)
         out = {}
         for k in self.diagnostic_keys:
             v = anchor.get("diag_" + k, math.nan)
-            out[k] = (v.detach().to(F64).reshape(()) if isinstance(v, torch.Tensor)
-                      else torch.tensor(float(v), dtype=F64))
+            v = v.detach().to(F64) if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=F64)
+            out[k] = v.reshape(()) if not shape else v.expand(shape).clone()
         return out
 
     def epoch_start(self) -> None:

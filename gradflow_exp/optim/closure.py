@@ -24,7 +24,7 @@ its per-step overhead on these small networks.
 from __future__ import annotations
 
 import torch
-from torch.func import functional_call
+from torch.func import functional_call, grad_and_value, vmap
 
 from gradflow_exp.losses import MSELoss
 
@@ -87,3 +87,76 @@ class BatchClosure:
     def functional_residuals(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         pred = functional_call(self.model, params, (self.x,))
         return self.loss_fn.residuals(pred, self.y).reshape(-1)
+
+
+class ReplicaClosure:
+    """`BatchClosure` for R stacked copies of one model (optimizers built with ``replicas=R``).
+
+    ``params``: name → a leaf tensor [R, *shape] (replica k's parameters at index k);
+    ``x``, ``y``: [R, batch, …] (each replica its own batch). ``closure()`` writes each
+    replica's gradient into ``params[name].grad`` and returns the R losses [R];
+    ``closure(backward=False)`` returns them without gradients; ``functional_loss(params)``
+    is the [R] losses at other stacked parameters (SPM's perturbations). Every replica's
+    loss is the model's on its own parameters and batch (``torch.func.vmap`` of
+    ``functional_call``, or, for the two-layer net under MSE, its hand-written gradient
+    with the replica dimension written out), so replica k computes what `BatchClosure`
+    computes for model k, to rounding.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn, params: dict[str, torch.Tensor], x: torch.Tensor,
+                 y: torch.Tensor):
+        self.model, self.loss_fn, self._params, self.x, self.y = model, loss_fn, params, x, y
+        self._penalty = getattr(loss_fn, "penalty", None)
+        self._manual = (isinstance(loss_fn, MSELoss) and getattr(model, "supports_manual_grad", False)
+                        and hasattr(model, "scale"))
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        return self._params
+
+    def _one(self, params, x, y):
+        loss = self.loss_fn(functional_call(self.model, params, (x,)), y)
+        return loss if self._penalty is None else loss + self._penalty(params)
+
+    def functional_loss(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return vmap(self._one)(params, self.x, self.y)
+
+    def __call__(self, backward: bool = True) -> torch.Tensor:
+        params = self._params
+        if self._manual:
+            with torch.no_grad():
+                losses, grads = two_layer_mse_grad(self.model.scale, params, self.x, self.y, backward)
+        elif not backward:
+            with torch.no_grad():
+                return self.functional_loss({n: p.detach() for n, p in params.items()})
+        else:
+            with torch.enable_grad():
+                grads, losses = vmap(grad_and_value(self._one))(
+                    {n: p.detach() for n, p in params.items()}, self.x, self.y)
+        if backward:
+            for n, p in params.items():
+                p.grad = grads[n]
+        return losses.detach()
+
+
+def two_layer_mse_grad(scale: float, params, x, y, backward: bool = True):
+    """`TwoLayerNet.mse_loss_and_grad` with a leading replica dimension: h = Wx + b,
+    e = s·a·relu(h) − y, I = mean(e²); ∂I/∂a = s(∂I/∂f)ᵀrelu(h), ∂I/∂h = s(∂I/∂f)a ⊙ [h > 0],
+    ∂I/∂W = (∂I/∂h)ᵀx, ∂I/∂b = Σ ∂I/∂h, per replica. (vmap of the single-model closed form
+    gives the same numbers, but its batching rules cost more than the arithmetic on the
+    paper's small nets.) Returns (losses [R], grads or None)."""
+    W, b, a = params["hidden.weight"], params["hidden.bias"], params["out.weight"]   # [R,m,D], [R,m], [R,out,m]
+    R, N = x.shape[0], x.shape[1]
+    h = torch.baddbmm(b.unsqueeze(1), x, W.transpose(1, 2))      # [R,N,m]
+    r = h.clamp_min(0)
+    e = torch.baddbmm(y.reshape(R, N, -1), r, a.transpose(1, 2), beta=-1, alpha=scale)   # f − y
+    n = e[0].numel()
+    flat = e.reshape(R, -1)
+    loss = (flat * flat).sum(1) / n
+    if not backward:
+        return loss, None
+    df = e * (2.0 * scale / n)
+    dr = df * a if a.shape[1] == 1 else df @ a
+    dh = torch.ops.aten.threshold_backward(dr, h, 0.0)           # relu's backward
+    return loss, {"hidden.weight": dh.transpose(1, 2) @ x, "hidden.bias": dh.sum(1),
+                  "out.weight": df.transpose(1, 2) @ r}

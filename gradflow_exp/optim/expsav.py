@@ -70,14 +70,14 @@ class ExpSAV(EnergyOptimizer):
     diagnostic_keys = ("energy", "q", "eff_step")
 
     def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
-                 restart: str = "none", time_scale: float = 1.0):
-        self._setup(params, lr, C, lam, restart, time_scale)
+                 restart: str = "none", time_scale: float = 1.0, replicas: int | None = None):
+        self._setup(params, lr, C, lam, restart, time_scale, replicas)
 
-    def _setup(self, params, lr, C, lam, restart, time_scale, **extra):
+    def _setup(self, params, lr, C, lam, restart, time_scale, replicas, **extra):
         defaults = dict(lr=check_lr(lr), C=check_C(C), lam=check_lam(lam),
                         restart=check_choice("restart", restart, RESTARTS),
                         time_scale=check_time_scale(time_scale), **extra)
-        EnergyOptimizer.__init__(self, params, defaults)
+        EnergyOptimizer.__init__(self, params, defaults, replicas)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -136,5 +136,6 @@ class RelExpSAV(ExpSAV):
     diagnostic_keys = ExpSAV.diagnostic_keys + ("xi",)
 
     def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
-                 eta: float = 0.99, restart: str = "none", time_scale: float = 1.0):
-        self._setup(params, lr, C, lam, restart, time_scale, eta=check_eta(eta))
+                 eta: float = 0.99, restart: str = "none", time_scale: float = 1.0,
+                 replicas: int | None = None):
+        self._setup(params, lr, C, lam, restart, time_scale, replicas, eta=check_eta(eta))

@@ -146,9 +146,10 @@ class IEQAdaptive(EnergyOptimizer):
 
     diagnostic_keys = ("energy", "q", "eff_step")
 
-    def __init__(self, params, lr: float = 0.2, eps: float = 1e-8, time_scale: float = 1.0):
+    def __init__(self, params, lr: float = 0.2, eps: float = 1e-8, time_scale: float = 1.0,
+                 replicas: int | None = None):
         super().__init__(params, dict(lr=check_lr(lr), eps=check_eps(eps),
-                                      time_scale=check_time_scale(time_scale)))
+                                      time_scale=check_time_scale(time_scale)), replicas)
 
     @torch.no_grad()
     def step(self, closure=None):

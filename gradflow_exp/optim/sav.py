@@ -83,8 +83,8 @@ import inspect
 import torch
 
 from gradflow_exp.optim.base import (
-    RESTARTS, EnergyOptimizer, check_betas, check_C, check_choice, check_eps, check_eta,
-    check_lam, check_lr, check_time_scale, grads_of, s_clamp, s_min, s_ratio_if, s_sqrt,
+    RESTARTS, EnergyOptimizer, add, add_, check_betas, check_C, check_choice, check_eps, check_eta,
+    check_lam, check_lr, check_time_scale, grads_of, mul, mul_, s_clamp, s_min, s_ratio_if, s_sqrt,
     to_dtype,
 )
 
@@ -116,7 +116,7 @@ class _SAVCore(EnergyOptimizer):
     diagnostic_keys = ("energy", "r", "r_hat", "q", "eff_step")
 
     def __init__(self, params, *, lr, C, lam, time_scale, restart="none", eta=None,
-                 rhat_batch="same", betas=None, eps=None, second_moment=None):
+                 rhat_batch="same", betas=None, eps=None, second_moment=None, replicas=None):
         defaults = dict(lr=check_lr(lr), C=check_C(C), lam=check_lam(lam),
                         time_scale=check_time_scale(time_scale),
                         restart=check_choice("restart", restart, RESTARTS))
@@ -127,7 +127,7 @@ class _SAVCore(EnergyOptimizer):
             defaults.update(betas=check_betas(betas), eps=check_eps(eps),
                             second_moment=check_choice("second_moment", second_moment,
                                                        SECOND_MOMENTS))
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, replicas)
 
     # ------------------------------------------------------------------ Adam moments
     def _buffers(self, params, key: str) -> list[torch.Tensor]:
@@ -160,7 +160,7 @@ class _SAVCore(EnergyOptimizer):
             torch._foreach_div_(denom, to_dtype(s_sqrt(bc2), vs[0]))
             torch._foreach_add_(denom, eps)
         else:
-            n = sum(g.numel() for g in grads)
+            n = self._numel(grads)
             v = self._get(gst, "exp_avg_sq_scalar", 0.0)
             v = b2 * v + (1 - b2) * self._sqnorm(grads) / n   # v ← β₂ v + (1−β₂) ‖g‖²/n
             self._put(gst, "exp_avg_sq_scalar", v)
@@ -216,14 +216,14 @@ class _SAVCore(EnergyOptimizer):
             # d = τ (I + τℒ)⁻¹ m̂ with τ = Δt/denom:  d = Δt m̂/(denom + λΔt) = (Δt/(1−β₁ᵗ)) m/(denom + λΔt)
             if isinstance(denom, (list, tuple)):
                 if self.relax:      # D needs denom itself (kept exact: no add-then-subtract)
-                    shifted = torch._foreach_add(denom, lam * dt)
+                    shifted = add(denom, lam * dt)
                 else:
                     shifted = denom
-                    torch._foreach_add_(shifted, lam * dt)
+                    add_(shifted, lam * dt)
                 d = torch._foreach_div(ms, shifted)
-                torch._foreach_mul_(d, to_dtype(dt / bc1, d[0]))
+                mul_(d, dt / bc1)
             else:
-                d = torch._foreach_mul(ms, to_dtype(dt / (bc1 * (denom + lam * dt)), ms[0]))
+                d = mul(ms, dt / (bc1 * (denom + lam * dt)))
             total = total + K * self._dot(ms, d) / bc1     # K ⟨m̂, (I+τℒ)⁻¹ τ m̂⟩ ≥ 0
             if self.relax:
                 # Σ_i (Δθ_i)²/(K τ_i) = φ² K Σ_i d_i² denom_i / Δt
@@ -265,8 +265,8 @@ class SAV(_SAVCore):
     may drift far below √(I+C) (see ``q``)."""
 
     def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
-                 restart: str = "none", time_scale: float = 1.0):
-        super().__init__(params, lr=lr, C=C, lam=lam, restart=restart, time_scale=time_scale)
+                 restart: str = "none", time_scale: float = 1.0, replicas: int | None = None):
+        super().__init__(params, lr=lr, C=C, lam=lam, restart=restart, time_scale=time_scale, replicas=replicas)
 
 
 class ResSAV(_SAVCore):
@@ -278,8 +278,8 @@ class ResSAV(_SAVCore):
     reset = True
 
     def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
-                 time_scale: float = 1.0):
-        super().__init__(params, lr=lr, C=C, lam=lam, restart="none", time_scale=time_scale)
+                 time_scale: float = 1.0, replicas: int | None = None):
+        super().__init__(params, lr=lr, C=C, lam=lam, restart="none", time_scale=time_scale, replicas=replicas)
 
 
 class RelSAV(_SAVCore):
@@ -293,9 +293,9 @@ class RelSAV(_SAVCore):
 
     def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
                  eta: float = 0.99, restart: str = "none", rhat_batch: str = "same",
-                 time_scale: float = 1.0):
+                 time_scale: float = 1.0, replicas: int | None = None):
         super().__init__(params, lr=lr, C=C, lam=lam, eta=eta, restart=restart,
-                         rhat_batch=rhat_batch, time_scale=time_scale)
+                         rhat_batch=rhat_batch, time_scale=time_scale, replicas=replicas)
 
 
 class ASAV(_SAVCore):
@@ -306,9 +306,9 @@ class ASAV(_SAVCore):
 
     def __init__(self, params, lr: float = 0.01, C: float = 1.0, lam: float = 0.0,
                  betas=(0.9, 0.999), eps: float = 1e-8, second_moment: str = "elementwise",
-                 restart: str = "none", time_scale: float = 1.0):
+                 restart: str = "none", time_scale: float = 1.0, replicas: int | None = None):
         super().__init__(params, lr=lr, C=C, lam=lam, betas=betas, eps=eps,
-                         second_moment=second_moment, restart=restart, time_scale=time_scale)
+                         second_moment=second_moment, restart=restart, time_scale=time_scale, replicas=replicas)
 
 
 class AResSAV(_SAVCore):
@@ -319,9 +319,9 @@ class AResSAV(_SAVCore):
 
     def __init__(self, params, lr: float = 0.01, C: float = 1.0, lam: float = 0.0,
                  betas=(0.9, 0.999), eps: float = 1e-8, second_moment: str = "elementwise",
-                 time_scale: float = 1.0):
+                 time_scale: float = 1.0, replicas: int | None = None):
         super().__init__(params, lr=lr, C=C, lam=lam, betas=betas, eps=eps,
-                         second_moment=second_moment, restart="none", time_scale=time_scale)
+                         second_moment=second_moment, restart="none", time_scale=time_scale, replicas=replicas)
 
 
 class ARelSAV(_SAVCore):
@@ -335,7 +335,7 @@ class ARelSAV(_SAVCore):
     def __init__(self, params, lr: float = 0.01, C: float = 1.0, lam: float = 0.0,
                  eta: float = 0.99, betas=(0.9, 0.999), eps: float = 1e-8,
                  second_moment: str = "elementwise", restart: str = "none",
-                 rhat_batch: str = "same", time_scale: float = 1.0):
+                 rhat_batch: str = "same", time_scale: float = 1.0, replicas: int | None = None):
         super().__init__(params, lr=lr, C=C, lam=lam, eta=eta, betas=betas, eps=eps,
                          second_moment=second_moment, restart=restart, rhat_batch=rhat_batch,
-                         time_scale=time_scale)
+                         time_scale=time_scale, replicas=replicas)
