@@ -196,7 +196,7 @@ def bench_runner(p: Problem, dtype, device, log_every: int, epochs: int, repeats
     """Runner epoch (loop.train with a CSV sink, SGD) vs the plain script's, interleaved."""
     import tempfile
 
-    from gradflow_exp.loop import LoopConfig, train
+    from gradflow_exp.loop import LoopConfig, OneModel, Run, train
     from gradflow_exp.sinks import CSVSink
 
     data, make_model = build_problem(p, dtype, device)
@@ -215,7 +215,7 @@ def bench_runner(p: Problem, dtype, device, log_every: int, epochs: int, repeats
             opt = torch.optim.SGD(model.parameters(), lr=lr)
             sink = CSVSink(f"{tmp}/metrics_{rep}.csv")
             t = clock()
-            train(model, opt, loss_fn, data, cfg, [sink], seed=0)
+            train(OneModel(model, opt, loss_fn, data), cfg, [Run(seed=0, sinks=[sink])])
             _sync(device)
             rt = (clock() - t) / epochs
             sink.close()
@@ -235,13 +235,13 @@ def bench_runner(p: Problem, dtype, device, log_every: int, epochs: int, repeats
 
 def bench_replicas(p: Problem, R: int, method: str, dtype, device, epochs: int, repeats: int) -> dict:
     """R single runs one after another (`loop.train`, metrics.csv written, the problem's
-    ``log_every``) against the same R runs as one replica batch (`replicas.train_replicas`:
-    seeds 0…R−1, each with its own data, initialisation and batch order), interleaved; the
+    ``log_every``) against the same R runs as one replica batch (`loop.Stacked`: seeds
+    0…R−1, each with its own data, initialisation and batch order), interleaved; the
     speedup is the median over rounds of the single runs' time over the batch's time."""
     import tempfile
 
-    from gradflow_exp.loop import LoopConfig, train
-    from gradflow_exp.replicas import train_replicas
+    from gradflow_exp.loop import LoopConfig, OneModel, Run, Stacked, train
+    from gradflow_exp.optim import build_replica_optimizer
     from gradflow_exp.sinks import CSVSink
 
     problems = [build_problem(p, dtype, device, seed=s) for s in range(R)]
@@ -261,19 +261,20 @@ def bench_replicas(p: Problem, R: int, method: str, dtype, device, epochs: int, 
             sinks = [CSVSink(f"{tmp}/single_{s}.csv") for s in range(R)]
             t = clock()
             for s, ((data, _), model, opt, sink) in enumerate(zip(problems, models, opts, sinks)):
-                train(model, opt, loss_fn, data, cfg, [sink], seed=s)
+                train(OneModel(model, opt, loss_fn, data), cfg, [Run(seed=s, sinks=[sink])])
                 sink.close()
             _sync(device)
             st = clock() - t
             models = [make_model() for _, make_model in problems]
-            opts = [build_optimizer(opt_cfg, m) for m in models]
-            sinks = [[CSVSink(f"{tmp}/replica_{s}.csv")] for s in range(R)]
+            sinks = [CSVSink(f"{tmp}/replica_{s}.csv") for s in range(R)]
             t = clock()
-            train_replicas(models, opts, loss_fn, [d for d, _ in problems], cfg, list(range(R)), sinks)
+            trainee = Stacked(models, [d for d, _ in problems], loss_fn)
+            trainee.optimizer = build_replica_optimizer([opt_cfg] * R, list(trainee.params.values()), 1.0)
+            train(trainee, cfg, [Run(seed=s, sinks=[sink]) for s, sink in enumerate(sinks)])
             _sync(device)
             bt = clock() - t
             for sink in sinks:
-                sink[0].close()
+                sink.close()
             if rnd:
                 single_t.append(st)
                 batch_t.append(bt)

@@ -185,10 +185,6 @@ def expand_resume(args: list[str]) -> list[str]:
                           "hydra.sweep.dir")
     run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
     overrides = saved_overrides(run_dir)
-    if any(_key(o).startswith("replicas.") and not o.endswith("=null") for o in overrides):
-        raise ConfigError(f"resume={run_dir}: a replica batch (replicas.*) does not resume from checkpoints; run "
-                          f"its command again with hydra.run.dir={run_dir}: finished replicas are skipped, the "
-                          "others start again from epoch 0")
     rest = [a for a in args if not a.startswith(("resume=", "hydra.run.dir="))]
     keys = {_key(a) for a in rest if "=" in a and not a.startswith("-")}
     overrides = [o for o in overrides if _key(o) not in keys]

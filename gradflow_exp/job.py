@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradflow_exp import replicas, schema
 from gradflow_exp.data import build_dataset
-from gradflow_exp.loop import LoopConfig, train
+from gradflow_exp.loop import LoopConfig, OneModel, Run, train
 from gradflow_exp.losses import build_training_loss
 from gradflow_exp.optim import build_optimizer, resolve_time_scale
 from gradflow_exp.provenance import code_segments, code_version
@@ -187,9 +187,9 @@ def _train(cfg, resolved, rd: RunDir, plan, data, model, loss_fn, optimizer, loo
     in_main_thread = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set()) if in_main_thread else None
     try:
-        summary = train(model, optimizer, loss_fn, data, loop_cfg, sinks, seed=cfg.seed, on_finish=on_finish,
-                        on_checkpoint=save if cfg.trainer.checkpoint else None, resume=ckpt,
-                        should_stop=stop.is_set)
+        run = Run(seed=cfg.seed, sinks=sinks, on_finish=on_finish, on_checkpoint=save if cfg.trainer.checkpoint else None,
+                  resume=ckpt, name=str(run_dir))
+        (summary,) = train(OneModel(model, optimizer, loss_fn, data), loop_cfg, [run], should_stop=stop.is_set)
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)

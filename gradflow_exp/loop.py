@@ -1,4 +1,13 @@
-"""The training loop: batches → optimizer.step(closure) → evaluate → sinks.
+"""The training loop: batches → optimizer.step(closure) → evaluate → sinks, for one run or
+for R runs trained as one batch (replicas, gradflow_exp/replicas.py) — the same loop.
+
+What is trained is a `Trainee`: `OneModel` (a model and its optimizer, stepped through a
+`BatchClosure`), or `Stacked` (R copies of one model, their parameters stacked along a
+leading replica dimension, one optimizer built with ``replicas=R`` and stepped through a
+`ReplicaClosure`: every step is one batched gradient for all R). Each run keeps its own
+batch order (its generator, seeded with its seed), rows, sinks, status and checkpoints;
+a run that diverges ends there while the others go on (its numbers stay its own: nothing
+crosses between replicas).
 
 It never branches on a method's name: optimizers are driven through the closure
 contract (`gradflow_exp.optim.closure`) and two optional hooks, ``epoch_start()`` and
@@ -11,9 +20,10 @@ schedule stepped once per epoch after the epoch's row (`gradflow_exp.schedulers`
 diagnostics (Hessian spectrum, gradient noise; `gradflow_exp.diagnostics`) computed at
 their epochs, which always get a row; their time is left out of ``wall_time``.
 
-Checkpoints are taken at epoch boundaries and hold everything the rest of the run depends
-on (parameters, optimizer state, every RNG, counters, the rows so far), so a run resumed
-from one ends exactly as an uninterrupted run would.
+Checkpoints are taken at epoch boundaries and hold everything the rest of a run depends on
+(parameters, optimizer state, every RNG, counters, the rows so far), so a run resumed from
+one ends exactly as an uninterrupted run would; a replica's checkpoint is its single
+run's (`Stacked.state` splits the batch's optimizer state), so either can resume it.
 """
 from __future__ import annotations
 
@@ -21,7 +31,8 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,7 +42,8 @@ from gradflow_exp.data import Dataset
 from gradflow_exp.diagnostics import build_diagnostics
 from gradflow_exp.flags import COLLAPSE_Q, run_flags
 from gradflow_exp.losses import metric_sums, metrics_from_sums
-from gradflow_exp.optim import BatchClosure
+from gradflow_exp.optim import BatchClosure, ReplicaClosure
+from gradflow_exp.optim.stacked import split_state, stack_states
 from gradflow_exp.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -55,6 +67,125 @@ class LoopConfig:
     diagnostics: dict | None = None   # the `diagnostics` node (None: none)
 
 
+@dataclass
+class Run:
+    """One run's end of the loop. ``on_finish(summary, state)`` is called once when the run
+    ends (also when training raises; ``state`` is then None), ``on_checkpoint(state)`` every
+    ``checkpoint_every`` epochs; ``resume``: such a state to continue from; ``rng``: the
+    global RNG states the checkpoint records (default: the process's, as training leaves
+    them)."""
+    seed: int
+    sinks: list = field(default_factory=list)
+    on_finish: Callable | None = None
+    on_checkpoint: Callable | None = None
+    resume: dict | None = None
+    name: str = "run"
+    rng: dict | None = None
+
+
+# ------------------------------------------------------------------ what is trained
+class OneModel:
+    """One model and its optimizer."""
+
+    def __init__(self, model: torch.nn.Module, optimizer, loss_fn, data: Dataset):
+        self.models, self.optimizer, self.loss_fn, self.datas = [model], optimizer, loss_fn, [data]
+        self.R = 1
+
+    def order(self, perms) -> None:
+        self._perm = perms[0]
+
+    def step(self, b: int, bs: int) -> torch.Tensor:
+        data, perm = self.datas[0], self._perm
+        if perm is None and bs == data.x_train.shape[0]:
+            xb, yb = data.x_train, data.y_train
+        else:
+            idx = perm[b * bs:(b + 1) * bs] if perm is not None else slice(b * bs, (b + 1) * bs)
+            xb, yb = data.x_train[idx], data.y_train[idx]
+        return self.optimizer.step(BatchClosure(self.models[0], self.loss_fn, xb, yb))
+
+    def model(self, k: int) -> torch.nn.Module:
+        return self.models[0]
+
+    def group(self, k: int) -> dict:
+        return self.optimizer.param_groups[0]
+
+    def value(self, x, k: int) -> float:
+        """Run k's value of a per-run quantity (a hyperparameter, a diagnostic)."""
+        return float(x)
+
+    def state(self, k: int) -> dict:
+        return {"model": self.models[0].state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load(self, states: list[dict]) -> None:
+        self.models[0].load_state_dict(states[0]["model"])
+        self.optimizer.load_state_dict(states[0]["optimizer"])     # the scheduled lr too
+
+
+class Stacked:
+    """R copies of one model as one: their parameters stacked [R, …] into leaf tensors that
+    ``optimizer`` (built over `params` with ``replicas=R``) steps; each replica's data set
+    stacked likewise. ``models[k]`` gets replica k's parameters when it is read (`model`)."""
+
+    def __init__(self, models: list[torch.nn.Module], datas: list[Dataset], loss_fn):
+        self.models, self.datas, self.loss_fn, self.R = models, datas, loss_fn, len(models)
+        with torch.no_grad():
+            self.params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).clone()
+                           for n, _ in models[0].named_parameters()}
+        self.x = _stack([d.x_train for d in datas])
+        self.y = _stack([d.y_train for d in datas])
+        self._rows = torch.arange(self.R, device=self.x.device).unsqueeze(1)
+        self.optimizer = None
+
+    def order(self, perms) -> None:
+        self._perm = None if perms[0] is None else torch.stack(perms)
+
+    def step(self, b: int, bs: int) -> torch.Tensor:
+        n = self.x.shape[1]
+        if self._perm is None and bs == n:
+            xb, yb = self.x, self.y
+        elif self._perm is None:
+            xb, yb = self.x[:, b * bs:(b + 1) * bs], self.y[:, b * bs:(b + 1) * bs]
+        else:
+            idx = self._perm[:, b * bs:(b + 1) * bs]
+            xb, yb = self.x[self._rows, idx], self.y[self._rows, idx]
+        return self.optimizer.step(ReplicaClosure(self.models[0], self.loss_fn, self.params, xb, yb))
+
+    @torch.no_grad()
+    def model(self, k: int) -> torch.nn.Module:
+        for name, p in self.models[k].named_parameters():
+            p.copy_(self.params[name][k])
+        return self.models[k]
+
+    def group(self, k: int) -> dict:
+        """Replica k's (first) param group: its own with torch.optim's (`Unstacked`)."""
+        groups = self.optimizer.param_groups
+        return groups[k] if len(groups) == self.R else groups[0]
+
+    def value(self, x, k: int) -> float:
+        return float(x[k]) if isinstance(x, torch.Tensor) and x.dim() == 1 else float(x)
+
+    def state(self, k: int) -> dict:
+        return {"model": self.model(k).state_dict(), "optimizer": split_state(self.optimizer, self.optimizer.state_dict(), k)}
+
+    @torch.no_grad()
+    def load(self, states: list[dict]) -> None:
+        for k, st in enumerate(states):
+            self.models[k].load_state_dict(st["model"])
+            for name, p in self.models[k].named_parameters():
+                self.params[name][k].copy_(p)
+        self.optimizer.load_state_dict(stack_states(self.optimizer, [st["optimizer"] for st in states]))
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """[R, …]; replicas that share their data (hyperparameter replicas of one seed) share one
+    copy in memory (an expanded view)."""
+    first = tensors[0]
+    if all(t is first or torch.equal(t, first) for t in tensors[1:]):
+        return first.unsqueeze(0).expand(len(tensors), *first.shape)
+    return torch.stack(tensors)
+
+
+# ------------------------------------------------------------------ metrics
 @torch.no_grad()
 def evaluate(model, x, y, chunk: int) -> dict[str, float]:
     sums = None
@@ -80,143 +211,170 @@ def full_loss(model, loss_fn, x, y, chunk: int) -> float:
     return total / n
 
 
-def train(model, optimizer, loss_fn, data: Dataset, cfg: LoopConfig, sinks, seed: int,
-          on_finish=None, on_checkpoint=None, resume: dict | None = None, should_stop=None) -> dict:
-    """Train and return the run summary. ``sinks`` get every logged row.
+# ------------------------------------------------------------------ the loop
+def train(trainee, cfg: LoopConfig, runs: list[Run], should_stop=None) -> list[dict]:
+    """Train ``trainee``'s R runs (``runs[k]`` is replica k's end) and return their summaries.
 
-    ``on_finish(summary, state)`` is called once at the end, also when training raises,
-    with the summary so far and (unless it failed mid-epoch) everything needed to resume.
-    ``on_checkpoint(state)`` is called every ``cfg.checkpoint_every`` epochs. ``resume``:
-    such a state, to continue from. ``should_stop()`` is polled after every epoch (SIGTERM):
-    when true the run ends there with status ``interrupted``.
+    ``should_stop()`` is polled after every epoch (SIGTERM): when true every run still
+    going ends there with status ``interrupted``. A run resumes from ``runs[k].resume``
+    (all resumed runs of one call at the same epoch).
     """
-    n = data.x_train.shape[0]
+    R, opt, loss_fn = trainee.R, trainee.optimizer, trainee.loss_fn
+    datas = trainee.datas
+    n = datas[0].x_train.shape[0]
     bs = min(cfg.batch_size or n, n)
     n_batches = math.ceil(n / bs)
-    device = data.x_train.device
-    gen = torch.Generator(device=device).manual_seed(seed)   # data order, separate from init
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs)   # sets epoch 1's lr
-    diag = build_diagnostics(cfg.diagnostics, bs, cfg.epochs, seed)
+    device = datas[0].x_train.device
+    gens = [torch.Generator(device=device).manual_seed(run.seed) for run in runs]   # data order, not init
+    scheduler = build_scheduler(cfg.scheduler, opt, cfg.epochs)   # sets epoch 1's lr
+    diag = build_diagnostics(cfg.diagnostics, bs, cfg.epochs, runs[0].seed)
+    diags = [diag] + [build_diagnostics(cfg.diagnostics, bs, cfg.epochs, r.seed) for r in runs[1:]]
     loss_epoch_start = getattr(loss_fn, "epoch_start", None)
     loss_diagnostics = getattr(loss_fn, "diagnostics", None)
+    opt_diagnostics = getattr(opt, "diagnostics", None)
 
     t0 = time.perf_counter()
     wall0 = 0.0                       # wall time of earlier segments of a resumed run
     diag_time = 0.0                   # seconds spent in diagnostics (not in wall_time)
     steps = 0
-    status, error = "completed", None
-    rows: list[dict] = []
+    status = ["running"] * R
+    rows: list[list[dict]] = [[] for _ in range(R)]
+    summaries: list[dict | None] = [None] * R
     last_epoch = 0
-    loss_sum = torch.zeros((), dtype=data.x_train.dtype, device=device)
+    loss_sum = torch.zeros(R, dtype=datas[0].x_train.dtype, device=device)
 
     def wall() -> float:
         return wall0 + time.perf_counter() - t0 - diag_time
 
-    def log_row(epoch: int, train_loss: float) -> dict:
+    def log_rows(epoch: int, train_loss, which) -> dict[int, dict]:
         nonlocal diag_time
-        train = evaluate(model, data.x_train, data.y_train, cfg.eval_chunk)
-        test = evaluate(model, data.x_test, data.y_test, cfg.eval_chunk)
-        row = {"epoch": epoch, "step": steps, "train_loss": train_loss}
-        row.update({f"train_{k}": v for k, v in train.items()})
-        row.update({f"test_{k}": v for k, v in test.items()})
-        row["lr"] = float(optimizer.param_groups[0]["lr"])
-        row["wall_time"] = wall()
-        diagnostics = getattr(optimizer, "diagnostics", None)
-        if diagnostics is not None:
-            row.update({k: float(v) for k, v in diagnostics().items()})
-        if loss_diagnostics is not None:
-            row.update(loss_diagnostics({n: p for n, p in model.named_parameters() if p.requires_grad}))
-        if diag is not None:
-            t = time.perf_counter()
-            row.update(diag.row(epoch, model, optimizer, loss_fn, data.x_train, data.y_train))
-            diag_time += time.perf_counter() - t
+        values = opt_diagnostics() if opt_diagnostics is not None else {}
+        out = {}
+        for k in which:
+            model, data = trainee.model(k), datas[k]
+            row = {"epoch": epoch, "step": steps, "train_loss": train_loss[k]}
+            row.update({f"train_{key}": v for key, v in evaluate(model, data.x_train, data.y_train, cfg.eval_chunk).items()})
+            row.update({f"test_{key}": v for key, v in evaluate(model, data.x_test, data.y_test, cfg.eval_chunk).items()})
+            group = trainee.group(k)
+            row["lr"] = trainee.value(group["lr"], k)
             row["wall_time"] = wall()
-        rows.append(row)
-        for sink in sinks:
-            sink.log(row)
-        return row
+            row.update({key: trainee.value(v, k) for key, v in values.items()})
+            if loss_diagnostics is not None:
+                row.update(loss_diagnostics({n: p for n, p in model.named_parameters() if p.requires_grad}))
+            if diags[k] is not None:
+                t = time.perf_counter()
+                step = row["lr"] * trainee.value(group.get("time_scale", 1.0), k)
+                row.update(diags[k].row(epoch, model, step, loss_fn, data.x_train, data.y_train))
+                diag_time += time.perf_counter() - t
+                row["wall_time"] = wall()
+            rows[k].append(row)
+            for sink in runs[k].sinks:
+                sink.log(row)
+            out[k] = row
+        return out
 
-    def state(status: str) -> dict:
-        """Everything the rest of the run depends on, at the end of epoch ``last_epoch``."""
-        return {"epoch": last_epoch, "steps": steps, "status": status, "wall_time": wall(),
-                "rows": [dict(r) for r in rows], "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "data_rng": gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                "python_rng": random.getstate(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    def state(k: int, st: str) -> dict:
+        """Everything the rest of run k depends on, at the end of epoch ``last_epoch``."""
+        rng = runs[k].rng or {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                              "python_rng": random.getstate(),
+                              "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        return {"epoch": last_epoch, "steps": steps, "status": st, "wall_time": wall(),
+                "rows": [dict(r) for r in rows[k]], **trainee.state(k), "data_rng": gens[k].get_state(),
+                **rng, "scheduler": scheduler.state_dict() if scheduler is not None else None}
 
-    if resume is None:
-        log_row(0, full_loss(model, loss_fn, data.x_train, data.y_train, cfg.eval_chunk))
+    def finish(k: int, st: str, error: str | None = None) -> None:
+        status[k] = st
+        summaries[k] = _summary(rows[k], st, error, steps, last_epoch, wall(), cfg)
+        if runs[k].on_finish is not None:
+            runs[k].on_finish(summaries[k], None if error is not None else state(k, st))
+
+    resumes = [run.resume for run in runs]
+    if all(r is None for r in resumes):
+        log_rows(0, [full_loss(trainee.model(k), loss_fn, datas[k].x_train, datas[k].y_train, cfg.eval_chunk)
+                     for k in range(R)], range(R))
     else:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])     # the scheduled lr too
+        if any(r is None for r in resumes) or len({r["epoch"] for r in resumes}) != 1:
+            raise ValueError("runs trained as one batch resume together, from checkpoints of one epoch")
+        trainee.load(resumes)
+        first = resumes[0]
         if scheduler is not None:
-            scheduler.load_state_dict(resume["scheduler"])
-        gen.set_state(resume["data_rng"])
-        torch.set_rng_state(resume["torch_rng"])
-        np.random.set_state(resume["numpy_rng"])
-        random.setstate(resume["python_rng"])
-        if resume.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(resume["cuda_rng"], device)
-        last_epoch, steps, wall0 = resume["epoch"], resume["steps"], resume["wall_time"]
-        rows = [dict(r) for r in resume["rows"]]      # the sinks already hold these
-        if resume["status"] in ("completed", "diverged"):   # killed between checkpoint and summary
-            status = resume["status"]
-    todo = range(last_epoch + 1, cfg.epochs + 1) if status == "completed" else []
-    bar = tqdm(todo, desc="train", disable=not cfg.progress, dynamic_ncols=True, leave=False)
+            scheduler.load_state_dict(first["scheduler"])
+        for k, r in enumerate(resumes):
+            gens[k].set_state(r["data_rng"])
+            rows[k] = [dict(row) for row in r["rows"]]      # the sinks already hold these
+        if runs[0].rng is None:                              # one run: the process's RNGs are its own
+            torch.set_rng_state(first["torch_rng"])
+            np.random.set_state(first["numpy_rng"])
+            random.setstate(first["python_rng"])
+            if first.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(first["cuda_rng"], device)
+        last_epoch, steps, wall0 = first["epoch"], first["steps"], first["wall_time"]
+        for k, r in enumerate(resumes):
+            if r["status"] == "diverged":       # killed between its checkpoint and its summary
+                finish(k, "diverged")           # (a completed one trains on if asked for more epochs)
+    todo = range(last_epoch + 1, cfg.epochs + 1) if "running" in status else []
+    bar = tqdm(todo, desc="train" if R == 1 else f"train ×{R}", disable=not cfg.progress, dynamic_ncols=True,
+               leave=False)
     try:
         for epoch in bar:
-            epoch_start = getattr(optimizer, "epoch_start", None)
+            epoch_start = getattr(opt, "epoch_start", None)
             if epoch_start is not None:
                 epoch_start()
             if loss_epoch_start is not None:
                 loss_epoch_start(epoch)
-            perm = torch.randperm(n, generator=gen, device=device) if (cfg.shuffle and bs < n) else None
+            trainee.order([torch.randperm(n, generator=g, device=device) if (cfg.shuffle and bs < n) else None
+                           for g in gens])
             loss_sum.zero_()
             for b in range(n_batches):
-                if perm is None and bs == n:
-                    xb, yb = data.x_train, data.y_train
-                else:
-                    idx = perm[b * bs:(b + 1) * bs] if perm is not None else slice(b * bs, (b + 1) * bs)
-                    xb, yb = data.x_train[idx], data.y_train[idx]
-                loss = optimizer.step(BatchClosure(model, loss_fn, xb, yb))
-                loss_sum += loss
+                loss_sum += trainee.step(b, bs)
                 steps += 1
             last_epoch = epoch
-            finite = bool(torch.isfinite(loss_sum))     # one sync per epoch
-            if (not finite or epoch % cfg.log_every == 0 or epoch == cfg.epochs
-                    or (diag is not None and diag.due(epoch))):
-                row = log_row(epoch, float(loss_sum) / n_batches)
-                if not finite or not _finite_row(row):
-                    status = "diverged"
-                    log.warning("loss is not finite at epoch %d: run diverged", epoch)
-                    break
-                bar.set_postfix(train=f"{row['train_rel_error']:.3g}", test=f"{row['test_rel_error']:.3g}",
-                                refresh=False)
-            if scheduler is not None:
-                scheduler.step(loss_sum / n_batches)
-            if epoch == cfg.epochs:
-                break                 # on_finish writes the final checkpoint
-            if on_checkpoint is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
-                on_checkpoint(state("running"))
-            if should_stop is not None and should_stop():
-                status = "interrupted"
-                log.warning("stop requested (SIGTERM): run interrupted after epoch %d", epoch)
+            live = [k for k in range(R) if status[k] == "running"]
+            finite = torch.isfinite(loss_sum).tolist()      # one sync per epoch
+            due = epoch % cfg.log_every == 0 or epoch == cfg.epochs or (diag is not None and diag.due(epoch))
+            which = [k for k in live if due or not finite[k]]
+            if which:
+                # float(sum)/n in float64, whatever the data's dtype
+                for k, row in log_rows(epoch, [v / n_batches for v in loss_sum.tolist()], which).items():
+                    if not finite[k] or not _finite_row(row):
+                        log.warning("%s: loss is not finite at epoch %d: run diverged%s", runs[k].name, epoch,
+                                    " (the others go on)" if R > 1 else "")
+                        finish(k, "diverged")
+                if R == 1 and status[0] == "running":
+                    row = rows[0][-1]
+                    bar.set_postfix(train=f"{row['train_rel_error']:.3g}", test=f"{row['test_rel_error']:.3g}",
+                                    refresh=False)
+            live = [k for k in range(R) if status[k] == "running"]
+            if R > 1:
+                bar.set_postfix(running=f"{len(live)}/{R}", refresh=False)
+            if not live:
                 break
-    except KeyboardInterrupt:
+            if scheduler is not None:
+                scheduler.step(loss_sum[0] / n_batches)
+            if epoch == cfg.epochs:
+                break                 # finish writes the final checkpoint
+            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+                for k in live:
+                    if runs[k].on_checkpoint is not None:
+                        runs[k].on_checkpoint(state(k, "running"))
+            if should_stop is not None and should_stop():
+                log.warning("stop requested (SIGTERM): interrupted after epoch %d", epoch)
+                for k in live:
+                    finish(k, "interrupted")
+                break
+        for k in range(R):
+            if status[k] == "running":
+                finish(k, "completed")
+    except BaseException as e:
         # Mid-epoch: no consistent state to save; the last periodic checkpoint resumes it.
-        status, error = "interrupted", "KeyboardInterrupt"
-        raise
-    except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised by the caller
-        status, error = "failed", f"{type(e).__name__}: {e}"
+        st = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        for k in range(R):
+            if status[k] == "running":
+                finish(k, st, error="KeyboardInterrupt" if st == "interrupted" else f"{type(e).__name__}: {e}")
         raise
     finally:
         bar.close()
-        summary = _summary(rows, status, error, steps, last_epoch, wall(), cfg)
-        if on_finish is not None:
-            on_finish(summary, None if error is not None else state(status))
-    return summary
+    return summaries
 
 
 def _finite_row(row: dict) -> bool:

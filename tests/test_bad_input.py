@@ -88,7 +88,7 @@ CASES = {
     "C_negative_relsav": (["optimizer=relsav", "optimizer.C=-1"], "C must be positive"),
     "batch_larger_than_train_set": (["trainer.batch_size=1000"],
                                     "trainer.batch_size=1000 is larger than the training set (240 samples)"),
-    "replicas_unsupported": (["optimizer=adam", "replicas.seeds=[0,1]"], "optimizer Adam is not supported in replica"),
+    "replicas_unsupported": (["optimizer=lamb", "replicas.seeds=[0,1]"], "replicas: Lamb is not element-wise"),
     "mnist_root_without_files": (["experiment=mnist", "dataset.root={tmp}/empty"], "has no train-images-idx3-ubyte[.gz]"),
     "mnist_root_corrupt": (["experiment=mnist", "dataset.root={tmp}/corrupt"], "bad magic number"),
     "mnist_bad_deflate_stream": (["experiment=mnist", "dataset.root={tmp}/deflate"], "cannot read"),

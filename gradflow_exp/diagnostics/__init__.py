@@ -38,7 +38,8 @@ class Diagnostics:
     def due(self, epoch: int) -> bool:
         return self._on(self.hess_every, epoch) or self._on(self.noise_every, epoch)
 
-    def row(self, epoch: int, model, optimizer, loss_fn, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def row(self, epoch: int, model, step: float, loss_fn, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """``step``: the run's current Δt·K (the stability limit is 2/step)."""
         out = {}
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if self.hess_every:
@@ -46,10 +47,8 @@ class Diagnostics:
             if self._on(self.hess_every, epoch):
                 h = self.hessian
                 rows = h.get("samples") or x.shape[0]
-                group = optimizer.param_groups[0]
                 out.update(hessian_summary(BatchClosure(model, loss_fn, x[:rows], y[:rows]).functional_loss,
-                                           params, k=h["k"], tol=h["tol"], grad_tol=h["grad_tol"],
-                                           step=float(group["lr"]) * float(group.get("time_scale", 1.0)),
+                                           params, k=h["k"], tol=h["tol"], grad_tol=h["grad_tol"], step=step,
                                            seed=self.seed, maxiter=h.get("maxiter"),
                                            lanczos_tol=h.get("lanczos_tol", 0.0)))
         if self.noise_every:

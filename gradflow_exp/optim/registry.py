@@ -18,7 +18,9 @@ import hydra.utils
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gradflow_exp.optim.base import PER_REPLICA, EnergyOptimizer
 from gradflow_exp.optim.spm import SPM
+from gradflow_exp.optim.stacked import Unstacked
 
 SHARED_KEYS = ("C", "lam", "eta", "restart")
 log = logging.getLogger(__name__)
@@ -70,4 +72,58 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, time_scale: float =
     opt = target(model.parameters(), **kwargs)
     if spm is not None:
         opt = SPM(opt, J=spm.get("J", 10), h=spm.get("h", 1e-4), seed=spm.get("seed"))
+    return opt
+
+
+# torch.optim classes whose update is element-wise (with a shared step count): over R stacked
+# models they are R independent optimizers. LAMB's trust ratio, full-Jacobian IEQ's batch
+# solve and L-BFGS mix the entries of a parameter, so stacked replicas would not be.
+ELEMENTWISE = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.NAdam",
+               "torch.optim.Adagrad", "torch.optim.RMSprop")
+NOT_REPLICABLE = ("gradflow_exp.optim.IEQ",)
+
+
+def build_replica_optimizer(nodes: list[DictConfig], params: list[torch.Tensor], time_scale: float):
+    """One optimizer over ``params`` (R models stacked, [R, …]) that is, for replica k, the
+    optimizer ``nodes[k]`` builds for model k alone (`build_optimizer`): ours with
+    ``replicas=R``, torch.optim's as `Unstacked` (a param group per replica). The nodes may
+    differ only in Δt, C, λ, η and in SPM's seed."""
+    R = len(nodes)
+    plain = [OmegaConf.to_container(n, resolve=True) for n in nodes]
+    spms = [node.pop("spm", None) for node in plain]
+    first = plain[0]
+    target_name = str(first["_target_"])
+    if target_name in NOT_REPLICABLE:
+        raise ValueError(f"replicas: {target_name.rsplit('.', 1)[-1]} solves a batch × batch system per step; "
+                         "run it as single runs (a -m sweep)")
+    target = hydra.utils.get_class(target_name)
+    ours = issubclass(target, EnergyOptimizer)
+    if not ours and target_name not in ELEMENTWISE:
+        raise ValueError(f"replicas: {target.__name__} is not element-wise (its update mixes the entries of a "
+                         "parameter), so stacked replicas would not be independent runs; run them as a -m sweep")
+    accepted = inspect.signature(target.__init__).parameters
+    for node in plain:
+        for key in SHARED_KEYS:
+            if key in node and key not in accepted:
+                node.pop(key)
+    varying = {k for node in plain[1:] for k in set(node) | set(first) if node.get(k) != first.get(k)}
+    if varying - set(PER_REPLICA):
+        raise ValueError(f"replicas: {target.__name__} cannot take per-replica {', '.join(sorted(varying))} "
+                         "(replicas may differ in the seed, lr, C, lam, eta)")
+    kwargs = {k: v for k, v in first.items() if not k.startswith("_") and k not in varying}
+    if "foreach" in accepted and "foreach" not in kwargs and params[0].is_cpu:
+        kwargs["foreach"] = False
+    if ours:
+        kwargs.update({k: [node[k] for node in plain] for k in varying}, time_scale=time_scale, replicas=R)
+        opt = target(params, **kwargs)
+    else:       # one param group per replica, each with its own lr (times K, as build_optimizer does)
+        per = {k: [node[k] * (time_scale if k == "lr" else 1.0) for node in plain] for k in varying}
+        if "lr" not in per and time_scale != 1.0:
+            kwargs["lr"] = kwargs["lr"] * time_scale
+        opt = Unstacked(lambda groups: target(groups, **kwargs), params, per)
+    if spms[0] is not None:
+        if any({k: v for k, v in s.items() if k != "seed"} != {k: v for k, v in spms[0].items() if k != "seed"}
+               for s in spms):
+            raise ValueError("replicas: SPM's J and h must be the same in every replica")
+        opt = SPM(opt, J=spms[0].get("J", 10), h=spms[0].get("h", 1e-4), seed=[s.get("seed") for s in spms])
     return opt

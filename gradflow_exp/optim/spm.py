@@ -14,6 +14,10 @@ backward for all J. ``closure()`` writes ∇I_h(θ) = (1/J) Σ_j ∇I(θ + hξ_j
 (RelSAV's r̂); ``functional_residuals`` stacks the J perturbed residual vectors (scaled so
 mean(q²) = I_h), so full-Jacobian IEQ also works under SPM (N becomes J·N).
 
+Replicas: around an optimizer built with ``replicas=R`` (parameters [R, …]), ``seed`` is
+a list of R seeds, one generator each, and replica k's ξ are drawn from its own generator
+exactly as its single run draws them, then stacked ([J, R, …]).
+
 The wrapper shares ``param_groups``/``state``/``defaults`` with the base optimizer, and
 passes ``diagnostics``/``epoch_start`` through (absent when the base lacks them), so a
 training loop can treat it as any optimizer. It subclasses ``torch.optim.Optimizer`` so
@@ -22,7 +26,7 @@ LR schedulers accept it.
 from __future__ import annotations
 
 import torch
-from torch.func import vmap
+from torch.func import grad, vmap
 from torch.optim import Optimizer
 
 _PASSTHROUGH = ("diagnostics", "epoch_start")
@@ -55,7 +59,7 @@ class PerturbedClosure:
     def functional_loss(self, params):
         batched, fixed = self._split(params)
         losses = vmap(lambda b: self.closure.functional_loss({**fixed, **b}))(batched)   # [J]
-        return losses.mean()                              # I_h = (1/J) Σ_j I(θ + hξ_j)
+        return losses.mean(0)                             # I_h = (1/J) Σ_j I(θ + hξ_j) (per replica)
 
     def functional_residuals(self, params):
         batched, fixed = self._split(params)
@@ -68,22 +72,28 @@ class PerturbedClosure:
         if loss is not None:          # the model's closed form: same numbers, no vmap/autograd
             return loss
         params = self.closure.params
+        detached = {n: p.detach() for n, p in params.items()}
         if not backward:
             with torch.no_grad():
-                return self.functional_loss({n: p.detach() for n, p in params.items()})
+                return self.functional_loss(detached)
+        def total(ps):
+            losses = self.functional_loss(ps)         # [] (one run) or [R] (replicas)
+            return losses.sum(), losses
+
         with torch.enable_grad():
-            for p in params.values():
-                p.grad = None
-            loss = self.functional_loss(params)
-            loss.backward()                               # p.grad = ∇I_h(θ)
-        return loss.detach()
+            # ∇I_h(θ) as a function of the parameters (so stacked replicas, whose slices are an
+            # optimizer's parameters, need not require grad); per replica, of its own I_h
+            grads, losses = grad(total, has_aux=True)(detached)
+        for n, p in params.items():
+            p.grad = grads[n]
+        return losses.detach()
 
 
 class SPM(Optimizer):
     """Wrap ``base_optimizer`` with the smoothing of paper Alg. 1 (see module docstring)."""
 
     def __init__(self, base_optimizer: Optimizer, J: int = 10, h: float = 1e-4,
-                 seed: int | None = None):
+                 seed: int | list[int] | None = None):
         if isinstance(J, bool) or not isinstance(J, int) or J < 1:
             raise ValueError(f"SPM J (number of perturbations) must be a positive integer, "
                              f"got {J!r}")
@@ -98,11 +108,21 @@ class SPM(Optimizer):
         self.__dict__["base"] = base_optimizer
         self.J = J
         self.h = h
-        self.generator = torch.Generator(device=params[0].device)
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.generator.manual_seed(int(seed))
+        self.replicas = getattr(base_optimizer, "replicas", None)
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+        if len(seeds) != (self.replicas or 1):
+            raise ValueError(f"SPM needs one seed per replica ({self.replicas or 1}), got {seed!r}")
+        self.generators = []
+        for s in seeds:
+            g = torch.Generator(device=params[0].device)
+            g.manual_seed(int(torch.randint(0, 2**62, (1,)).item()) if s is None else int(s))
+            self.generators.append(g)
         self.last_xi: dict[str, torch.Tensor] | None = None
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The perturbations' generator (of replica 0 with replicas)."""
+        return self.generators[0]
 
     def _shared(name):  # noqa: N805 — property factory used in the class body
         def get(self):
@@ -136,10 +156,15 @@ class SPM(Optimizer):
         a random direction needs no 53-bit mantissa. The perturbed θ + hξ is still formed in
         θ's dtype (``torch.add`` promotes ξ inside the kernel, so widening ξ first would
         only add a copy)."""
-        return {n: torch.randn((self.J, *p.shape), generator=self.generator,
-                               dtype=torch.float32 if p.dtype == torch.float64 else p.dtype,
-                               device=p.device)
-                for n, p in params.items()}
+        def one(gen, shape):
+            return {n: torch.randn((self.J, *shape(p)), generator=gen,
+                                   dtype=torch.float32 if p.dtype == torch.float64 else p.dtype, device=p.device)
+                    for n, p in params.items()}
+
+        if self.replicas is None:
+            return one(self.generators[0], lambda p: p.shape)
+        draws = [one(g, lambda p: p.shape[1:]) for g in self.generators]     # replica k: its run's draws
+        return {n: torch.stack([d[n] for d in draws], dim=1) for n in params}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -162,14 +187,17 @@ class SPM(Optimizer):
             super().add_param_group(param_group)
 
     def state_dict(self) -> dict:
+        gens = [g.get_state() for g in self.generators]
         return {"base": self.base.state_dict(),
-                "spm": {"J": self.J, "h": self.h, "generator": self.generator.get_state()}}
+                "spm": {"J": self.J, "h": self.h, "generator": gens[0] if self.replicas is None else gens}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.base.load_state_dict(state_dict["base"])
         spm = state_dict["spm"]
         self.J, self.h = int(spm["J"]), float(spm["h"])
-        self.generator.set_state(spm["generator"].clone().cpu())
+        states = spm["generator"] if isinstance(spm["generator"], (list, tuple)) else [spm["generator"]]
+        for g, st in zip(self.generators, states):
+            g.set_state(st.clone().cpu())
 
     def __repr__(self) -> str:
         return f"SPM(J={self.J}, h={self.h}, base={self.base!r})"
