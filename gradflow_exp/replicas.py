@@ -75,6 +75,7 @@ class Replica:
     dir: Path = Path()
     overrides: list[str] = field(default_factory=list)   # the single run's command-line overrides
     cfg_name: str = ""               # those overrides joined, as Hydra names a job
+    hydra: object = None             # the hydra node its record keeps (HydraConfig's)
     rundir: RunDir | None = None     # its directory, locked while the batch runs
     checkpoint: dict | None = None   # the state it resumes from
     summary: dict | None = None      # set once it has ended (or was already finished)
@@ -100,65 +101,70 @@ def expand(cfg: DictConfig) -> list[Replica]:
     return out
 
 
-def check_supported(cfg: DictConfig) -> None:
-    """What replicas cannot share, refused before anything is built (ValueError, one line);
-    the optimizer's own limits are `build_replica_optimizer`'s."""
+def check_supported(cfg: DictConfig, replicas: list["Replica"]) -> None:
+    """What replicas cannot share, refused before anything is built (ConfigError, one
+    line); the optimizer's own limits are `build_replica_optimizer`'s."""
     sched = cfg.get("scheduler") or {}
     if sched.get("name") == "plateau":
-        raise ValueError("replicas: scheduler=plateau decides per run (on its own loss); run the replicas "
-                         "as a -m sweep, or use another schedule")
-    if sched.get("name", "none") != "none" and cfg.replicas.get("lr") is not None:
-        raise ValueError("replicas: a schedule over per-replica Δt (replicas.lr) is not supported; batch the "
-                         "seeds and sweep lr with -m")
+        raise ConfigError("replicas: scheduler=plateau decides per run (on its own loss); run the replicas "
+                          "as a -m sweep, or use another schedule")
+    if sched.get("name", "none") != "none" and len({float(r.cfg.optimizer.lr) for r in replicas}) > 1:
+        raise ConfigError("replicas: a schedule over per-replica Δt is not supported; batch the seeds and "
+                          "sweep lr with -m")
 
 
 def run(cfg: DictConfig, resolved: dict, run_dir: Path, record: dict, build, set_threads) -> dict:
     """A replica-mode job (``build``, ``set_threads``: gradflow_exp/job.py's, which this
-    module does not import): every replica's directory locked and decided, the unfinished
-    ones built and trained as one batch (a batch per checkpoint epoch when they resume
-    from different ones); returns the job's summary (`aggregate`)."""
-    with Lock(run_dir), contextlib.ExitStack() as held:
+    module does not import): its replicas trained together (`train_together`) into
+    ``run_dir/<replica>``; returns the job's summary (`aggregate`)."""
+    replicas = expand(cfg)
+    check_supported(cfg, replicas)
+    target = hydra.utils.get_class(cfg.optimizer._target_)
+    for key in replicas[0].hparams:
+        if key not in inspect.signature(target.__init__).parameters:
+            raise ConfigError(f"replicas.{key}: {target.__name__} has no hyperparameter {key}")
+    for rep in replicas:
+        rep.dir = run_dir / rep.name
+        rep.overrides = _replica_overrides(record.get("overrides") or [], rep)
+        rep.cfg_name = ",".join(sorted(rep.overrides)) or "default"
+        rep.hydra = record.get("hydra")
+    with Lock(run_dir):
+        train_together(cfg, replicas, build, set_threads, batch_dir=run_dir)
+        write_record(run_dir, resolved, record.get("overrides"), record.get("hydra"))
+    return aggregate(replicas)
+
+
+def train_together(cfg: DictConfig, replicas: list["Replica"], build, set_threads, batch_dir: Path) -> None:
+    """Every replica's directory locked and decided (a finished run skipped, its summary
+    kept; an unfinished one resumed from its checkpoint), the others built and trained as
+    one batch, or one per checkpoint epoch when they resume from different ones. Also the
+    batched launcher's (hydra_plugins/gradflow_batched_launcher): there each replica is a
+    job of a sweep. ConfigError on bad input, before anything trains."""
+    names = [str(r.dir) for r in replicas]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"replicas: repeated replicas {sorted({n for n in names if names.count(n) > 1})}")
+    with contextlib.ExitStack() as held:
         try:
-            replicas = prepare(cfg, run_dir, record, held)
-            todo = [rep for rep in replicas if rep.summary is None]
-            write_record(run_dir, resolved, record.get("overrides"), record.get("hydra"))
+            check_supported(cfg, replicas)
+            for rep in replicas:
+                rep.resolved = rep.resolved or schema.load(rep.cfg)
+                rep.rundir = held.enter_context(RunDir(rep.dir, rep.resolved, rep.overrides, rep.hydra))
+                plan = rep.rundir.decide()
+                if plan.note:
+                    log.info("%s: %s", rep.dir, plan.note)
+                if plan.action == "skip":
+                    rep.summary = plan.previous
+                rep.checkpoint = plan.checkpoint
             by_epoch: dict[int, list[Replica]] = {}
-            for rep in todo:
-                by_epoch.setdefault(rep.checkpoint["epoch"] if rep.checkpoint else 0, []).append(rep)
+            for rep in replicas:
+                if rep.summary is None:
+                    by_epoch.setdefault(rep.checkpoint["epoch"] if rep.checkpoint else 0, []).append(rep)
             for group in by_epoch.values():
-                Batch(cfg, run_dir, replicas, group, build, set_threads).train()
+                Batch(cfg, batch_dir, replicas, group, build, set_threads).train()
         except (ValueError, TypeError, hydra.errors.InstantiationException) as e:
             if isinstance(e, ConfigError):
                 raise
             raise ConfigError(str(e).strip().splitlines()[-1]) from None
-    return aggregate(replicas)
-
-
-def prepare(cfg: DictConfig, run_dir: Path, record: dict, held: contextlib.ExitStack) -> list[Replica]:
-    """The replicas, each directory locked (in ``held``) and decided: a finished run is
-    skipped (its summary kept), an unfinished one resumes from its checkpoint."""
-    check_supported(cfg)
-    replicas = expand(cfg)
-    target = hydra.utils.get_class(cfg.optimizer._target_)
-    for key in replicas[0].hparams:
-        if key not in inspect.signature(target.__init__).parameters:
-            raise ValueError(f"replicas.{key}: {target.__name__} has no hyperparameter {key}")
-    names = [r.name for r in replicas]
-    if len(set(names)) != len(names):
-        raise ValueError(f"replicas: repeated replicas {sorted({n for n in names if names.count(n) > 1})}")
-    for rep in replicas:
-        rep.resolved = schema.load(rep.cfg)
-        rep.dir = run_dir / rep.name
-        rep.overrides = _replica_overrides(record.get("overrides") or [], rep)
-        rep.cfg_name = ",".join(sorted(rep.overrides)) or "default"
-        rep.rundir = held.enter_context(RunDir(rep.dir, rep.resolved, rep.overrides, record.get("hydra")))
-        plan = rep.rundir.decide()
-        if plan.note:
-            log.info("%s: %s", rep.dir, plan.note)
-        if plan.action == "skip":
-            rep.summary = plan.previous
-        rep.checkpoint = plan.checkpoint
-    return replicas
 
 
 class Batch:
@@ -232,10 +238,10 @@ class Batch:
                 save(state)
             write_json(rep.dir / "summary.json", summary)
             csv_sink.close()
-            if cfg.logger.backend == "wandb":
+            if rep.cfg.logger.backend == "wandb":
                 # One W&B run per replica, written as it ends from its rows: several live W&B
                 # runs in one process would interleave; the files above are the record either way.
-                sink = WandbSink(cfg.logger, rep.dir, rep.cfg_name, rep.resolved)
+                sink = WandbSink(rep.cfg.logger, rep.dir, rep.cfg_name, rep.resolved)
                 for row in (state or {}).get("rows", wandb_rows):
                     sink.log(row)
                 sink.summary(summary)

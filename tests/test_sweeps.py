@@ -123,3 +123,51 @@ def test_joblib_parallel_sweep(tmp_path):
     assert r.returncode == 0, r.stderr
     statuses = sorted(json.loads((sweep / j / "summary.json").read_text())["status"] for j in ("0", "1"))
     assert statuses == ["completed", "completed"]
+
+
+def _sweep_rows(sweep):
+    import csv
+
+    out = {}
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
+        with open(job / "metrics.csv", newline="") as f:
+            out[job.name] = [{k: float(v) for k, v in r.items() if k != "wall_time"} for r in csv.DictReader(f)]
+    return out
+
+
+def test_batched_launcher_gives_the_basic_launchers_results(tmp_path, monkeypatch):
+    """The README's fig7 sweep (8 jobs: 2 methods × 2 Δt × 2 seeds), shortened: under
+    hydra/launcher=batched each method's 4 jobs train as one batch, and every job's run
+    directory holds what the basic launcher writes there (to rounding)."""
+    args = ["-m", *TINY, "trainer.epochs=3", "optimizer=sgd,adam", "optimizer.lr=0.01,0.1", "seed=0,1"]
+    hydra_inprocess(*args, f"hydra.sweep.dir={tmp_path}/basic", monkeypatch=monkeypatch)
+    hydra_inprocess(*args, "hydra/launcher=batched", f"hydra.sweep.dir={tmp_path}/batched", monkeypatch=monkeypatch)
+    basic, batched = _sweep_rows(tmp_path / "basic"), _sweep_rows(tmp_path / "batched")
+    assert sorted(basic) == sorted(batched) == [str(i) for i in range(8)]
+    for job in basic:
+        assert len(basic[job]) == len(batched[job]) >= 2
+        for a, b in zip(batched[job], basic[job]):
+            assert a.keys() == b.keys()
+            for key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-9, abs=0), (job, key)
+        for name in ("overrides.yaml", "config.yaml"):
+            assert (tmp_path / "batched" / job / ".hydra" / name).read_text() == \
+                (tmp_path / "basic" / job / ".hydra" / name).read_text()
+    log = (tmp_path / "batched" / "0" / "train.log").read_text()
+    assert "4 in one batch" in log
+
+
+def test_batched_launcher_runs_the_rest_alone(tmp_path, monkeypatch, capsys):
+    """A job with bad input (C = 0) and a method that does not stack (LAMB) run as the
+    basic launcher runs them; the others batch."""
+    sweep = tmp_path / "sweep"
+    hydra_inprocess("-m", *TINY, "trainer.epochs=1", "hydra/launcher=batched", "optimizer=sav", "optimizer.C=1,0",
+                    "seed=0,1", f"hydra.sweep.dir={sweep}", monkeypatch=monkeypatch)
+    status = [json.loads((sweep / str(i) / "summary.json").read_text())["status"] for i in range(4)]
+    assert status == ["completed", "completed", "failed", "failed"]
+    assert "C must be positive" in capsys.readouterr().err
+    sweep = tmp_path / "lamb"
+    hydra_inprocess("-m", *TINY, "trainer.epochs=1", "hydra/launcher=batched", "optimizer=lamb", "seed=0,1",
+                    f"hydra.sweep.dir={sweep}", monkeypatch=monkeypatch)
+    assert [json.loads((sweep / str(i) / "summary.json").read_text())["status"] for i in range(2)] == ["completed"] * 2
+    assert "in one batch" not in (sweep / "0" / "train.log").read_text()

@@ -1,0 +1,101 @@
+"""``hydra/launcher=batched``: a sweep's jobs that differ only in what replicas may differ in
+(the seed, Δt, C, λ, η) run as one replica batch each (gradflow_exp/replicas.py), every
+job still in its own run directory, with its own summary, W&B run and return value.
+
+    gradflow-train -m hydra/launcher=batched experiment=fig7 optimizer=sgd,sav seed=0,1,2,3
+    gradflow-train -m hydra/launcher=batched hydra.launcher.n_jobs=2 experiment=fig2 seed=0,1,2,3
+
+Jobs that cannot join a batch (bad input, a replica job of its own, a method that does not
+stack: full-Jacobian IEQ, LAMB; a plateau schedule) run as the basic launcher runs them, one
+after another, and so does a group of one. ``n_jobs`` > 1 runs that many groups at once,
+each in its own process (joblib), one CPU thread each.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+class BatchedLauncher(Launcher):
+    def __init__(self, n_jobs: int = 1, max_replicas: int | None = None) -> None:
+        self.n_jobs = int(n_jobs)
+        self.max_replicas = max_replicas
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from gradflow_exp.batching import Job, groups_of
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        jobs = []
+        for i, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + i
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = idx
+                cfg.hydra.job.num = idx
+            HydraConfig.instance().set_config(cfg)
+            out = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+            with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+                cfg.hydra.runtime.output_dir = os.path.abspath(out)
+            jobs.append(Job(idx, list(overrides), cfg))
+        groups = groups_of(jobs, self.max_replicas)
+        log.info("Launching %d jobs as %d groups (%s)", len(jobs), len(groups),
+                 ", ".join(str(len(g)) for g in groups))
+        results: dict[int, JobReturn] = {}
+        batches = [g for g in groups if len(g) > 1]
+        for group in groups:
+            if len(group) == 1:
+                (job,) = group
+                log.info("\t#%d : %s", job.idx, " ".join(filter_overrides(job.overrides)))
+                results[job.idx] = self._run_alone(job)
+        for group, values in zip(batches, self._run_batches(batches)):
+            for job, value in zip(group, values):
+                results[job.idx] = _job_return(job, value) if value is not None else self._run_alone(job)
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return [results[initial_job_idx + i] for i in range(len(job_overrides))]
+
+    def _run_alone(self, job) -> JobReturn:
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=job.cfg,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+    def _run_batches(self, batches):
+        from gradflow_exp.batching import run_group
+
+        for group in batches:
+            log.info("\tbatch of %d: %s", len(group),
+                     "; ".join(" ".join(filter_overrides(j.overrides)) for j in group))
+        if self.n_jobs > 1 and len(batches) > 1:
+            from joblib import Parallel, delayed
+
+            return Parallel(n_jobs=self.n_jobs, backend="loky")(
+                delayed(run_group)(group, threads=1) for group in batches)
+        return [run_group(group) for group in batches]
+
+
+def _job_return(job, value: float) -> JobReturn:
+    ret = JobReturn()
+    ret.overrides = job.overrides
+    task_cfg = OmegaConf.masked_copy(job.cfg, [k for k in job.cfg if k != "hydra"])
+    ret.cfg, ret.hydra_cfg = task_cfg, job.cfg
+    ret.working_dir = os.getcwd()
+    ret.task_name = str(job.cfg.hydra.job.name)
+    ret.return_value = value
+    ret.status = JobStatus.COMPLETED
+    return ret
