@@ -137,17 +137,19 @@ class Stacked:
         self.optimizer = None
 
     def order(self, perms) -> None:
-        self._perm = None if perms[0] is None else torch.stack(perms)
+        # the epoch's data in its batch order, gathered once: a batch is then a slice, the
+        # same rows as indexing each batch (one gather an epoch instead of one a step)
+        if perms[0] is None:
+            self._x, self._y = self.x, self.y
+        else:
+            perm = torch.stack(perms)
+            self._x, self._y = self.x[self._rows, perm], self.y[self._rows, perm]
 
     def step(self, b: int, bs: int) -> torch.Tensor:
-        n = self.x.shape[1]
-        if self._perm is None and bs == n:
-            xb, yb = self.x, self.y
-        elif self._perm is None:
-            xb, yb = self.x[:, b * bs:(b + 1) * bs], self.y[:, b * bs:(b + 1) * bs]
+        if bs == self.x.shape[1]:
+            xb, yb = self._x, self._y
         else:
-            idx = self._perm[:, b * bs:(b + 1) * bs]
-            xb, yb = self.x[self._rows, idx], self.y[self._rows, idx]
+            xb, yb = self._x[:, b * bs:(b + 1) * bs], self._y[:, b * bs:(b + 1) * bs]
         return self.optimizer.step(ReplicaClosure(self.models[0], self.loss_fn, self.params, xb, yb))
 
     @torch.no_grad()

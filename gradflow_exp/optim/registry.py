@@ -116,11 +116,15 @@ def build_replica_optimizer(nodes: list[DictConfig], params: list[torch.Tensor],
     if ours:
         kwargs.update({k: [node[k] for node in plain] for k in varying}, time_scale=time_scale, replicas=R)
         opt = target(params, **kwargs)
-    else:       # one param group per replica, each with its own lr (times K, as build_optimizer does)
-        per = {k: [node[k] * (time_scale if k == "lr" else 1.0) for node in plain] for k in varying}
-        if "lr" not in per and time_scale != 1.0:
+    else:
+        if time_scale != 1.0 and "lr" not in varying:
             kwargs["lr"] = kwargs["lr"] * time_scale
-        opt = Unstacked(lambda groups: target(groups, **kwargs), params, per)
+        if not varying:     # element-wise over the stacked tensors: one op a parameter for all R
+            opt = target(params, **kwargs)
+            opt.replicas = R
+        else:               # one param group per replica, each with its own lr (times K)
+            per = {k: [node[k] * (time_scale if k == "lr" else 1.0) for node in plain] for k in varying}
+            opt = Unstacked(lambda groups: target(groups, **kwargs), params, per)
     if spms[0] is not None:
         if any({k: v for k, v in s.items() if k != "seed"} != {k: v for k, v in spms[0].items() if k != "seed"}
                for s in spms):

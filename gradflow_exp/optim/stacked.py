@@ -8,6 +8,10 @@ run's arithmetic on tensors of its single run's shapes, with its own lr (and so 
 schedule). `Unstacked` is that: it evaluates the closure on the stacked parameters, hands
 each slice its gradient, and steps the torch optimizer.
 
+With one set of hyperparameters for all replicas (a batch of seeds) the torch optimizer
+simply runs over the stacked tensors: element-wise, that is R optimizers too, at the cost of
+one.
+
 `split_state` / `stack_states` turn a batch's optimizer ``state_dict()`` into each
 replica's single-run one and back, so that a replica's checkpoint is its single run's.
 """
@@ -16,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
-from gradflow_exp.optim.base import EnergyOptimizer
 from gradflow_exp.optim.spm import SPM
 
 
@@ -101,7 +104,6 @@ def stack_states(opt, states: list[dict]) -> dict:
             out_state.update({offset + i: _clone(st) for i, st in s["state"].items()})
             offset += len(group["params"])
         return {"state": out_state, "param_groups": groups}
-    assert isinstance(opt, EnergyOptimizer)
     first = states[0]
 
     def joint(values):
