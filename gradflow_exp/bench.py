@@ -324,7 +324,8 @@ def main(argv=None) -> int:
                     help="epochs per timed runner / plain-script block (0: skip that comparison)")
     ap.add_argument("--replicas", type=int, default=0,
                     help="also time R seeds as one replica batch against R single runs (0: skip)")
-    ap.add_argument("--replica-methods", default="sgd,sav", help="methods for --replicas (sgd, sav, ressav)")
+    ap.add_argument("--replica-methods", default="sgd,sav", help="methods for --replicas (any that stacks: not ieq, "
+                                                                   "lamb, or spm_*, whose closure this bench lacks)")
     ap.add_argument("--replica-epochs", type=int, default=3, help="epochs per timed --replicas block")
     ap.add_argument("--json", default="bench.json")
     args = ap.parse_args(argv)
@@ -342,9 +343,9 @@ def main(argv=None) -> int:
     if "sgd" not in methods:
         methods.insert(0, "sgd")
     rep_methods = [m.strip() for m in args.replica_methods.split(",")]
-    if bad := [m for m in rep_methods if m not in ("sgd", "sav", "ressav")]:
-        print(f"gradflow-bench: error: --replica-methods {bad}: replica mode supports sgd, sav, ressav",
-              file=sys.stderr)
+    if bad := [m for m in rep_methods if m in ("ieq", "lamb") or m.startswith("spm_")
+               or not (CONF_DIR / "optimizer" / f"{m}.yaml").exists()]:
+        print(f"gradflow-bench: error: --replica-methods {bad}: not a method this bench stacks", file=sys.stderr)
         return 2
     probs = [p.strip() for p in args.problems.split(",")]
     if bad := [p for p in probs if p not in PROBLEMS]:
