@@ -84,7 +84,7 @@ def run_group(jobs: list[Job], threads: int | None = None) -> list[float | None]
             with open_dict(cfg):
                 cfg.threads = threads
         node = OmegaConf.to_container(job.cfg.hydra.job, resolve=False)
-        reps.append(replicas.Replica(seed=int(cfg.seed), hparams={}, name=f"job {job.idx}", cfg=cfg, dir=job.dir,
+        reps.append(replicas.Replica(seed=int(cfg.seed), hparams=None, name=f"job {job.idx}", cfg=cfg, dir=job.dir,
                                      overrides=list(job.overrides), cfg_name=node.get("override_dirname") or "default",
                                      hydra=job.cfg.hydra))
     HydraConfig.instance().set_config(jobs[0].cfg)

@@ -26,7 +26,7 @@ from gradflow_exp.optim import build_optimizer, resolve_time_scale
 from gradflow_exp.provenance import code_segments, code_version
 from gradflow_exp.rundir import RunDir, save_checkpoint, write_json
 from gradflow_exp.schema import ConfigError
-from gradflow_exp.sinks import CSVSink, WandbSink, device_name
+from gradflow_exp.sinks import CSVSink, WandbRun, WandbSink, device_name, method_of
 
 log = logging.getLogger("gradflow_exp")
 
@@ -137,12 +137,12 @@ def run(cfg: DictConfig, run_dir: Path, record: dict | None = None) -> dict:
             return plan.previous
         data, model, loss_fn, optimizer, loop_cfg = build(cfg)
         rd.accept()
-        return _train(cfg, resolved, rd, plan, data, model, loss_fn, optimizer, loop_cfg, record.get("name"))
+        return _train(cfg, resolved, rd, plan, data, model, loss_fn, optimizer, loop_cfg, record)
 
 
-def _train(cfg, resolved, rd: RunDir, plan, data, model, loss_fn, optimizer, loop_cfg, name) -> dict:
+def _train(cfg, resolved, rd: RunDir, plan, data, model, loss_fn, optimizer, loop_cfg, record: dict) -> dict:
     run_dir, ckpt = rd.path, plan.checkpoint
-    name = name or "default"
+    name = record.get("name") or "default"
     base = {"run_dir": str(run_dir), "name": name,
             "device": device_name(next(model.parameters()).device), "code": code_version(),
             "code_segments": code_segments(plan.previous, ckpt["epoch"] if ckpt else 0)}
@@ -164,12 +164,14 @@ def _train(cfg, resolved, rd: RunDir, plan, data, model, loss_fn, optimizer, loo
     sinks = [csv_sink]
     wandb_sink = None
     if cfg.logger.backend == "wandb":
-        wandb_sink = WandbSink(cfg.logger, run_dir, name, resolved, run_id=ckpt.get("wandb_id") if ckpt else None)
+        method, experiment = method_of(record.get("hydra"), resolved)
+        info = WandbRun(run_dir, resolved, list(record.get("overrides") or []), method, experiment,
+                        sum(p.numel() for p in model.parameters()))
+        wandb_sink = WandbSink(cfg.logger, info, rows=ckpt["rows"] if ckpt else None)
         sinks.append(wandb_sink)
 
     def save(state):
-        save_checkpoint(run_dir / "checkpoint.pt",
-                        {**state, "wandb_id": wandb_sink.run_id if wandb_sink else None}, resolved)
+        save_checkpoint(run_dir / "checkpoint.pt", state, resolved)
 
     def on_finish(summary, state):
         summary.update(base)
@@ -178,8 +180,7 @@ def _train(cfg, resolved, rd: RunDir, plan, data, model, loss_fn, optimizer, loo
         write_json(run_dir / "summary.json", summary)
         csv_sink.close()
         if wandb_sink is not None:
-            wandb_sink.summary(summary)
-            wandb_sink.finish(exit_code=0 if summary["status"] == "completed" else 1)
+            wandb_sink.finish(summary, files=[run_dir / "metrics.csv", run_dir / ".hydra" / "config.yaml"])
 
     # SIGTERM (kill, Slurm's scancel) ends the run after the current epoch, with a final
     # checkpoint and status 'interrupted'. Signal handlers can only be set in the main thread.

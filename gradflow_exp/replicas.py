@@ -51,7 +51,7 @@ from gradflow_exp.optim import build_replica_optimizer, resolve_time_scale
 from gradflow_exp.provenance import code_segments, code_version
 from gradflow_exp.rundir import Lock, RunDir, read_json, save_checkpoint, write_json, write_record
 from gradflow_exp.schema import ConfigError
-from gradflow_exp.sinks import CSVSink, WandbSink, device_name
+from gradflow_exp.sinks import CSVSink, WandbRun, WandbSink, device_name, method_of
 
 log = logging.getLogger("gradflow_exp")
 
@@ -68,7 +68,7 @@ def requested(resolved: dict) -> bool:
 @dataclass
 class Replica:
     seed: int
-    hparams: dict                    # e.g. {"lr": 0.1}: this replica's optimizer values
+    hparams: dict | None             # e.g. {"lr": 0.1}: this replica's optimizer values (None: a sweep's job)
     name: str                        # its directory: seed_0, seed_0-lr_0.1
     cfg: DictConfig                  # the single run's config (that seed, replicas null)
     resolved: dict = field(default_factory=dict)
@@ -226,10 +226,18 @@ class Batch:
         csv_sink = CSVSink(rep.dir / "metrics.csv")
         for row in (ckpt or {}).get("rows", []):
             csv_sink.log(row)
-        wandb_rows: list[dict] = []
+        sinks = [csv_sink]
+        wandb_sink = None
+        if rep.cfg.logger.backend == "wandb":        # one live W&B run per replica
+            method, experiment = method_of(rep.hydra, rep.resolved)
+            info = WandbRun(rep.dir, rep.resolved, rep.overrides, method, experiment,
+                            sum(p.numel() for p in built["model"].parameters()),
+                            job_type=None if rep.hparams is None else "replica")
+            wandb_sink = WandbSink(rep.cfg.logger, info, rows=(ckpt or {}).get("rows"))
+            sinks.append(wandb_sink)
 
         def save(state):
-            save_checkpoint(rep.dir / "checkpoint.pt", {**state, "wandb_id": None}, rep.resolved)
+            save_checkpoint(rep.dir / "checkpoint.pt", state, rep.resolved)
 
         def on_finish(summary, state):
             summary.update(base)
@@ -238,20 +246,14 @@ class Batch:
                 save(state)
             write_json(rep.dir / "summary.json", summary)
             csv_sink.close()
-            if rep.cfg.logger.backend == "wandb":
-                # One W&B run per replica, written as it ends from its rows: several live W&B
-                # runs in one process would interleave; the files above are the record either way.
-                sink = WandbSink(rep.cfg.logger, rep.dir, rep.cfg_name, rep.resolved)
-                for row in (state or {}).get("rows", wandb_rows):
-                    sink.log(row)
-                sink.summary(summary)
-                sink.finish(exit_code=0 if summary["status"] == "completed" else 1)
+            if wandb_sink is not None:
+                wandb_sink.finish(summary, files=[rep.dir / "metrics.csv", rep.dir / ".hydra" / "config.yaml"])
             final = summary["final"]
             log.info("%s: %s after %d epochs: train rel error %.3e, test rel error %.3e", rep.name,
                      summary["status"], summary["epochs_completed"], final.get("train_rel_error", math.nan),
                      final.get("test_rel_error", math.nan))
 
-        return Run(seed=rep.seed, sinks=[csv_sink], on_finish=on_finish,
+        return Run(seed=rep.seed, sinks=sinks, on_finish=on_finish,
                    on_checkpoint=save if cfg.trainer.checkpoint else None, resume=ckpt, name=rep.name,
                    rng=built["rng"])
 

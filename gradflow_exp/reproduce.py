@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         print("gradflow-reproduce: error: --epochs must be positive", file=sys.stderr)
         return 2
     out = args.out or Path("outputs") / args.experiment / "reproduce" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    sweeps = [([], out)] + [(ref.split(), out / f"reference_{i}")
+    sweeps = [([], out)] + [([*ref.split(), "logger.job_type=reference"], out / f"reference_{i}")
                             for i, ref in enumerate(references(args.experiment, args.overrides))]
     rc = 0
     for extra, sweep_dir in sweeps:

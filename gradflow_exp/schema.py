@@ -230,11 +230,12 @@ class WandbLogger(Node):
     entity: str | None
     group: str | None
     tags: list[str]
-    job_type: str = "train"
+    job_type: str
 
 
 class NoLogger(Node):
     backend: Literal["none"]
+    job_type: str = "train"
 
 
 Logger = _tagged("backend", {"wandb": WandbLogger, "none": NoLogger})

@@ -7,9 +7,13 @@ holds half a file.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
+import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -63,75 +67,159 @@ def _fmt(v):
     return v
 
 
-class WandbSink:
-    """One W&B run per job. A logging failure never costs the run: it degrades to offline,
-    then to no W&B at all, with a warning."""
+ERRORS = ("train_loss", "train_mse", "test_mse", "train_rel_error", "test_rel_error")   # summary: min
+ACCURACIES = ("train_accuracy", "test_accuracy")                                          # summary: max
+# W&B's run state is "failed" for any non-zero exit code: a run that ends on its own
+# (completed, diverged) exits 0 and says how it ended in its tags and summary.
+EXIT_CODES = {"completed": 0, "diverged": 0, "interrupted": 143, "failed": 1}
 
-    def __init__(self, cfg, run_dir: Path, run_name: str, config: dict, run_id: str | None = None):
+
+@dataclass
+class WandbRun:
+    """What W&B is told about a run: its directory and resolved config (which fix its W&B id),
+    its command-line overrides (its name, without keys that do not change the result), the
+    method (the optimizer choice), the experiment, its size and its kind."""
+    run_dir: Path
+    resolved: dict
+    overrides: list[str] = field(default_factory=list)
+    method: str = "unknown"
+    experiment: str = "unknown"
+    n_params: int = 0
+    job_type: str | None = None       # None: the logger config's (train; reference from gradflow-reproduce)
+
+    @property
+    def name(self) -> str:
+        from gradflow_exp.rundir import MAY_DIFFER, covered
+
+        keep = [o for o in self.overrides
+                if not covered(o.split("=", 1)[0].lstrip("+~"), (*MAY_DIFFER, "hydra", "resume"))]
+        return ",".join(sorted(keep)) or "default"
+
+    @property
+    def id(self) -> str:
+        """The run's identity as a W&B id: a rerun, a resume or an extension of the run in
+        this directory continues the same W&B run, never an orphan beside it."""
+        from gradflow_exp.rundir import EPOCHS, MAY_DIFFER, covered, flatten
+
+        identity = {k: v for k, v in flatten(self.resolved).items() if not covered(k, (*MAY_DIFFER, EPOCHS))}
+        text = json.dumps([str(Path(self.run_dir).resolve()), identity], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def method_of(hydra_node, resolved: dict) -> tuple[str, str]:
+    """(method, experiment): the optimizer and experiment choices as typed (``optimizer=spm_sgd``),
+    from Hydra's record; outside Hydra, the optimizer class (``spm_`` with an SPM node)."""
+    choices = {}
+    if hydra_node is not None:
+        from omegaconf import OmegaConf
+
+        choices = OmegaConf.to_container(hydra_node.runtime.choices, resolve=False) or {}
+    method = choices.get("optimizer")
+    if not method:
+        opt = resolved.get("optimizer") or {}
+        method = str(opt.get("_target_", "unknown")).rsplit(".", 1)[-1].lower()
+        method = f"spm_{method}" if opt.get("spm") else method
+    return str(method), str(choices.get("experiment") or resolved.get("name") or "unknown")
+
+
+class WandbSink:
+    """One W&B run per run directory, live (rows are written to the offline file within
+    a second: ``x_transaction_log_flush_interval``), with an id that follows from the run's
+    identity (`WandbRun.id`). A resumed run first re-logs the rows of its metrics.csv that
+    its earlier W&B segments lack (a SIGKILL can cut those short), so the synced run has
+    every row. A logging failure never costs the run: it degrades to offline, then to no
+    W&B at all, with a warning."""
+
+    def __init__(self, cfg, info: WandbRun, rows: list[dict] | None = None):
         self.run = None
+        self.info = info
+        self._logged: set = set()
         try:
             import wandb
         except ImportError:  # pragma: no cover - wandb is a dependency
             log.warning("wandb is not installed; W&B logging disabled")
             return
-        self._wandb = wandb
+        from gradflow_exp.provenance import ROOT, code_version
+
+        run_dir = Path(info.run_dir)
+        self._logged = logged_epochs(run_dir / "wandb", info.id)
+        commit = code_version().get("commit")
+        settings = wandb.Settings(console="off", silent=True, x_disable_stats=True,
+                                  x_transaction_log_flush_interval=1.0, git_root=str(ROOT),
+                                  git_commit=commit if commit and not commit.startswith("unknown") else None)
         kwargs = dict(project=cfg.get("project", "gradflow_exp"), entity=cfg.get("entity"),
-                      group=cfg.get("group"), name=run_name, tags=list(cfg.get("tags") or []),
-                      config=config, dir=str(run_dir), job_type=cfg.get("job_type", "train"),
-                      settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
-        if run_id is not None:
-            # A resumed run continues its W&B run (online); offline, a second offline-run-*
-            # directory with the same run id holds the epochs after the checkpoint.
-            kwargs.update(id=run_id, resume="allow")
+                      group=cfg.get("group"), name=info.name, id=info.id, resume="allow",
+                      tags=[*(cfg.get("tags") or []), info.method, info.experiment],
+                      config={**info.resolved, "method": info.method, "experiment": info.experiment,
+                              "overrides": list(info.overrides), "n_params": info.n_params},
+                      dir=str(run_dir), job_type=info.job_type or cfg.get("job_type", "train"),
+                      reinit="create_new", settings=settings)
         mode = cfg.get("mode", "offline")
         try:
-            self.run = wandb.init(mode=mode, **kwargs)
+            self.run = _init(wandb, mode, kwargs)
         except Exception as e:  # noqa: BLE001 - any failure to start must not lose the run
             if mode == "offline":
                 log.warning("W&B failed to start (%s); continuing without W&B", e)
                 return
             log.warning("W&B failed to start in %s mode (%s); falling back to offline", mode, e)
             try:
-                self.run = wandb.init(mode="offline", **kwargs)
+                self.run = _init(wandb, "offline", kwargs)
             except Exception as e2:  # noqa: BLE001
                 log.warning("W&B offline also failed (%s); continuing without W&B", e2)
         if self.run is not None:
-            # Per-epoch curves use the epoch as x axis in the dashboard.
+            # Per-epoch curves on the epoch axis; errors keep their minimum, accuracies their
+            # maximum as the run's summary, live.
             self.run.define_metric("epoch")
+            for key in ERRORS:
+                self.run.define_metric(key, step_metric="epoch", summary="min")
+            for key in ACCURACIES:
+                self.run.define_metric(key, step_metric="epoch", summary="max")
             self.run.define_metric("*", step_metric="epoch")
+            for row in rows or []:                 # a resumed run: what its W&B run lacks
+                self.log(row)
 
     @property
     def run_id(self) -> str | None:
         return getattr(self.run, "id", None) if self.run is not None else None
 
-    @property
-    def run_path(self) -> str | None:
-        return getattr(self.run, "dir", None) if self.run is not None else None
-
     def log(self, row: dict) -> None:
-        if self.run is None:
+        if self.run is None or row.get("epoch") in self._logged:
             return
         clean = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        # Paper name for the dashboard: rel_error is the test relative error.
-        clean["rel_error"] = clean.get("test_rel_error")
+        if "q" in clean:
+            clean["one_minus_q"] = 1.0 - clean["q"]      # the paper's Fig 6 plots 1 − r/r̂
         try:
             self.run.log(clean)
+            self._logged.add(row.get("epoch"))
         except Exception as e:  # noqa: BLE001
             log.warning("W&B log failed (%s); disabling W&B for this run", e)
             self._finish(1)
 
-    def summary(self, summary: dict) -> None:
+    def finish(self, summary: dict, files: list[Path] = ()) -> None:
+        """The run's outcome (status, flags, final and best values) into its summary and
+        tags, ``files`` (metrics.csv, the config) as an artifact; then the run ends."""
         if self.run is None:
             return
+        status = str(summary.get("status"))
+        flags = [str(f) for f in summary.get("flags") or []]
         try:
-            self.run.summary.update({
-                k: v for k, v in _flatten(summary).items()
-                if isinstance(v, (int, float, str)) and not (isinstance(v, float) and math.isnan(v))})
+            values = {k: v for k, v in _flatten(summary).items()
+                      if isinstance(v, (int, float, str)) and not (isinstance(v, float) and math.isnan(v))}
+            values.update(status=status, flags="; ".join(flags), error=summary.get("error") or "")
+            self.run.summary.update(values)
+            self.run.tags = tuple(dict.fromkeys([*self.run.tags, status, *(f.split(":", 1)[0] for f in flags)]))
+            present = [Path(f) for f in files if Path(f).is_file()]
+            if present:
+                import wandb
+
+                art = wandb.Artifact(f"run-{self.info.id}", type="run-files",
+                                     description=f"metrics.csv and config of {self.info.run_dir}")
+                for f in present:
+                    art.add_file(str(f))
+                self.run.log_artifact(art)
         except Exception as e:  # noqa: BLE001
             log.warning("W&B summary failed (%s)", e)
-
-    def finish(self, exit_code: int = 0) -> None:
-        self._finish(exit_code)
+        self._finish(EXIT_CODES.get(status, 1))
 
     def _finish(self, exit_code: int) -> None:
         if self.run is not None:
@@ -140,6 +228,56 @@ class WandbSink:
                 run.finish(exit_code=exit_code)
             except Exception as e:  # noqa: BLE001
                 log.warning("W&B finish failed (%s)", e)
+
+
+def _init(wandb, mode: str, kwargs: dict, wait_s: float = 20.0):
+    """``wandb.init``; while the run's id is still held by the W&B process of a run killed a
+    moment ago (it notices its parent is gone within seconds), wait for it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return wandb.init(mode=mode, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            if "in use" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def offline_runs(root: Path, run_id: str | None = None) -> list[Path]:
+    """The offline W&B runs below ``root`` (of one run id, if given), oldest first."""
+    pattern = f"offline-run-*-{run_id}" if run_id else "offline-run-*"
+    return sorted(p for p in Path(root).rglob(pattern) if p.is_dir())
+
+
+def read_offline(run: Path) -> list[dict]:
+    """The records of an offline run's .wandb file (``wandb leet inspect --json``), as dicts;
+    a file cut short by a kill gives the records before the cut."""
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run)],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    records = []
+    for line in out.stdout.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def logged_epochs(wandb_dir: Path, run_id: str) -> set:
+    """Epochs the earlier offline segments of W&B run ``run_id`` already hold."""
+    epochs = set()
+    for run in offline_runs(wandb_dir, run_id) if Path(wandb_dir).is_dir() else []:
+        for rec in read_offline(run):
+            item = (rec.get("history") or {}).get("item") or {}
+            if rec.get("type") == "history" and "epoch" in item:
+                epochs.add(item["epoch"])
+    return epochs
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

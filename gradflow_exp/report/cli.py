@@ -26,6 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--include-unfinished", action="store_true",
                    help="let runs that did not complete (still running, interrupted, diverged, failed) into the "
                         "means, medians and paired tests (default: they are counted by status only)")
+    p.add_argument("--wandb", nargs="?", const="offline", choices=["offline", "online"], default=None,
+                   help="also log the figures and tables as a W&B run (job_type report) in the experiment's "
+                        "group (default offline, under OUT/wandb; sync it with gradflow-sync OUT)")
     p.add_argument("--until", type=int, default=None, metavar="EPOCH",
                    help="compare runs of different lengths at one epoch: drop every row after "
                         "EPOCH; a run that went on past it counts as completed there, flagged on its rows up to it")
@@ -66,7 +69,7 @@ def write_tables(df, out: Path, metric: str, target: float, include_unfinished: 
 
 
 def report(dirs, out=None, metric="test_rel_error", target=1e-3, band="minmax",
-           until=None, include_unfinished=False) -> tuple[list[Path], str]:
+           until=None, include_unfinished=False, wandb_mode=None) -> tuple[list[Path], str]:
     """The whole report; returns (paths written, Markdown). Raises ReportError on bad input."""
     from .figures import plot_all
     from .load import RUN_COLUMNS, ReportError, cut_at, load_runs
@@ -85,7 +88,32 @@ def report(dirs, out=None, metric="test_rel_error", target=1e-3, band="minmax",
     out.mkdir(parents=True, exist_ok=True)
     paths, md = write_tables(df, out, metric, target, include_unfinished)
     paths += plot_all(df, out, band)
+    if wandb_mode is not None:
+        log_to_wandb(df, out, paths, wandb_mode, dirs)
     return paths, md
+
+
+def log_to_wandb(df, out: Path, paths: list[Path], mode: str, dirs) -> None:
+    """One W&B run (job_type report) per report, in the experiment's group: every figure as
+    an image, the per-method, per-run and significance tables as W&B tables."""
+    import pandas as pd
+    import wandb
+
+    experiments = [str(e) for e in dict.fromkeys(df["experiment"])]
+    run = wandb.init(mode=mode, project="gradflow_exp", group=experiments[0] if len(experiments) == 1 else None,
+                     job_type="report", name=f"report {' '.join(map(str, dirs))}", dir=str(out),
+                     tags=["report", *experiments], config={"dirs": [str(d) for d in dirs], "experiments": experiments},
+                     reinit="create_new", settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
+    try:
+        logged = {}
+        for path in paths:
+            if path.suffix == ".png":
+                logged[f"figure/{path.stem}"] = wandb.Image(str(path))
+            elif path.name in ("summary.csv", "runs.csv", "significance.csv"):
+                logged[f"table/{path.stem}"] = wandb.Table(dataframe=pd.read_csv(path).astype(str))
+        run.log(logged)
+    finally:
+        run.finish()
 
 
 def main(argv=None) -> int:
@@ -94,7 +122,7 @@ def main(argv=None) -> int:
 
     try:
         paths, md = report(args.dirs, args.out, args.metric, args.target, args.band, args.until,
-                           args.include_unfinished)
+                           args.include_unfinished, args.wandb)
     except ReportError as e:
         print(f"gradflow-report: error: {e}", file=sys.stderr)
         return 2
