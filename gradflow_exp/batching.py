@@ -107,6 +107,20 @@ def run_group(jobs: list[Job], threads: int | None = None) -> list[float | None]
     return [runner.objective(r.summary or {}, str(r.cfg.hparams_objective)) for r in reps]
 
 
+class GroupJob:
+    """`run_group` as a Slurm job (submitit): at its time limit or on preemption submitit
+    calls ``checkpoint`` and requeues it; the rerun resumes every replica from its checkpoint."""
+
+    def __call__(self, jobs: list[Job]) -> list[float | None]:
+        values = run_group(jobs)
+        return [v if v is not None else math.inf for v in values]
+
+    def checkpoint(self, jobs: list[Job]):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(GroupJob(), jobs)
+
+
 def _log_files(dirs: list[Path]) -> list[logging.Handler]:
     """The batch's log lines into every job's train.log, as each job's own would be."""
     out = []

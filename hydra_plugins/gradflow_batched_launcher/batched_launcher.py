@@ -9,6 +9,11 @@ Jobs that cannot join a batch (bad input, a replica job of its own, a method tha
 stack: full-Jacobian IEQ, LAMB; a plateau schedule) run as the basic launcher runs them, one
 after another, and so does a group of one. ``n_jobs`` > 1 runs that many groups at once,
 each in its own process (joblib), one CPU thread each.
+
+``slurm={partition: ..., timeout_min: ..., cpus_per_task: ..., ...}`` (submitit's Slurm
+parameters, named as in conf/hydra/launcher/slurm.yaml) submits one Slurm job per batch,
+and one per job that runs alone, all at once; a batch that reaches its time limit or is
+preempted is requeued and its replicas resume from their checkpoints.
 """
 from __future__ import annotations
 
@@ -27,9 +32,10 @@ log = logging.getLogger(__name__)
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, n_jobs: int = 1, max_replicas: int | None = None) -> None:
+    def __init__(self, n_jobs: int = 1, max_replicas: int | None = None, slurm: dict | None = None) -> None:
         self.n_jobs = int(n_jobs)
         self.max_replicas = max_replicas
+        self.slurm = dict(slurm) if slurm else None
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -58,6 +64,8 @@ class BatchedLauncher(Launcher):
         groups = groups_of(jobs, self.max_replicas)
         log.info("Launching %d jobs as %d groups (%s)", len(jobs), len(groups),
                  ", ".join(str(len(g)) for g in groups))
+        if self.slurm:
+            return self._launch_slurm(jobs, groups, initial_job_idx)
         results: dict[int, JobReturn] = {}
         batches = [g for g in groups if len(g) > 1]
         for group in groups:
@@ -70,6 +78,35 @@ class BatchedLauncher(Launcher):
                 results[job.idx] = _job_return(job, value) if value is not None else self._run_alone(job)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return [results[initial_job_idx + i] for i in range(len(job_overrides))]
+
+    def _launch_slurm(self, jobs, groups, initial_job_idx: int) -> list[JobReturn]:
+        """One Slurm job per batch and per job that runs alone (submitit), all at once."""
+        import submitit
+
+        from gradflow_exp.batching import GroupJob
+
+        executor = submitit.AutoExecutor(folder=str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j"),
+                                         cluster="slurm")
+        direct = ("timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name")
+        params = {(k if k in direct else f"slurm_{k}"): v for k, v in self.slurm.items()
+                  if k not in ("max_num_timeout",) and v is not None}
+        executor.update_parameters(**params)
+        submitted = []
+        for group in groups:
+            if len(group) > 1:
+                submitted.append((group, executor.submit(GroupJob(), group)))
+            else:
+                submitted.append((group, executor.submit(_alone, self.hydra_context, self.task_function, group[0].cfg)))
+        log.info("submitted %d Slurm jobs: %s", len(submitted), ", ".join(j.job_id for _, j in submitted))
+        results: dict[int, JobReturn] = {}
+        for group, sjob in submitted:
+            out = sjob.result()
+            if len(group) == 1:
+                results[group[0].idx] = out
+            else:
+                for job, value in zip(group, out):
+                    results[job.idx] = _job_return(job, value if value is not None else float("inf"))
+        return [results[initial_job_idx + i] for i in range(len(jobs))]
 
     def _run_alone(self, job) -> JobReturn:
         return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=job.cfg,
@@ -87,6 +124,13 @@ class BatchedLauncher(Launcher):
             return Parallel(n_jobs=self.n_jobs, backend="loky")(
                 delayed(run_group)(group, threads=1) for group in batches)
         return [run_group(group) for group in batches]
+
+
+def _alone(hydra_context, task_function, cfg) -> JobReturn:
+    """A job that runs alone, in its own Slurm job: as the basic launcher runs it."""
+    setup_globals()
+    return run_job(hydra_context=hydra_context, task_function=task_function, config=cfg,
+                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
 
 def _job_return(job, value: float) -> JobReturn:
