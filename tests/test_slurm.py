@@ -152,4 +152,4 @@ def test_the_batched_launcher_submits_one_slurm_job_per_batch(tmp_path):
         for ra, rb in zip(_rows(a), _rows(b), strict=True):
             assert ra.keys() == rb.keys()
             for k in rb:
-                assert float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-9, abs=0), (job, k)
+                assert float(ra[k] or "nan") == pytest.approx(float(rb[k] or "nan"), rel=1e-9, abs=0, nan_ok=True), (job, k)
