@@ -381,3 +381,23 @@ def test_runs_still_running_stay_out_of_means_and_tests(tmp_path):
     everything = stats.method_table(runs, counted=None).set_index("method")
     assert everything.loc["sgd", "final_test_rel_error_mean"] == pytest.approx((0.01 + 0.01 + 0.8) / 3)
     assert stats.significance(runs, counted=None)["n_pairs"].tolist() == [3]
+
+
+def test_the_papers_checkpoints_are_tabulated_and_drawn(tmp_path, capsys):
+    """fig7's PM rows against the paper's checkpoint values (report/paper.yaml): ours / paper
+    at each epoch both have, the median over seeds; checkpoints not reached are said so."""
+    for seed, scale in ((0, 1.0), (1, 3.0), (2, 2.0)):
+        make_run(tmp_path / "s" / str(seed), seed=seed, test=[1e-3 * scale] * 1001)
+    make_run(tmp_path / "s" / "adam", optimizer="adam", test=[1e-3] * 11)       # no paper curve for adam
+    assert main([str(tmp_path / "s"), "--out", str(tmp_path / "out")]) == 0
+    t = pd.read_csv(tmp_path / "out" / "paper.csv")
+    assert set(t.method) == {"sgd"}
+    row = t[(t.metric == "test_rel_error") & (t.epoch == 1000)].iloc[0]
+    assert row.paper == 7e-4 and row.ours == pytest.approx(2e-3) and row.ratio == pytest.approx(2e-3 / 7e-4)
+    assert row.seeds == 3
+    train100 = t[(t.metric == "train_rel_error") & (t.epoch == 100)].iloc[0]
+    assert train100.ours == pytest.approx(1e-3) and train100.ratio == pytest.approx(1e-3 / 1.3e-3)
+    assert t[t.epoch == 10000].ours.isna().all()
+    md = capsys.readouterr().out
+    assert "Against the paper's curves" in md and "not reached" in md and "✓" in md and "✗" in md
+    assert (tmp_path / "out" / "fig7_curves.png").is_file()

@@ -53,12 +53,20 @@ def write_tables(df, out: Path, metric: str, target: float, include_unfinished: 
     if flagged:
         summary_md += "\n\nCompleted runs with flags (their numbers are in the table above):\n\n" + flagged
     sig_md = stats.significance_markdown(sig)
+    from . import paper
+
+    against = paper.table(df)
+    if not against.empty:
+        summary_md += "\n\nAgainst the paper's curves at its checkpoints (gradflow_exp/report/paper.yaml):\n\n" + \
+            paper.markdown(against)
     files = {"data.csv": lambda p: df.to_csv(p, index=False),
              "runs.csv": lambda p: runs.to_csv(p, index=False),
              "summary.csv": lambda p: table.to_csv(p, index=False),
              "summary.md": lambda p: p.write_text(summary_md + "\n"),
              "significance.csv": lambda p: sig.to_csv(p, index=False),
              "significance.md": lambda p: p.write_text(sig_md + "\n")}
+    if not against.empty:
+        files["paper.csv"] = lambda p: against.to_csv(p, index=False)
     paths = []
     for name, write in files.items():
         write(out / name)
@@ -109,7 +117,7 @@ def log_to_wandb(df, out: Path, paths: list[Path], mode: str, dirs) -> None:
         for path in paths:
             if path.suffix == ".png":
                 logged[f"figure/{path.stem}"] = wandb.Image(str(path))
-            elif path.name in ("summary.csv", "runs.csv", "significance.csv"):
+            elif path.name in ("summary.csv", "runs.csv", "significance.csv", "paper.csv"):
                 logged[f"table/{path.stem}"] = wandb.Table(dataframe=pd.read_csv(path).astype(str))
         run.log(logged)
     finally:

@@ -25,6 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+
+from gradflow_exp.report.paper import curves_for  # noqa: E402
 from matplotlib.ticker import (  # noqa: E402
     FixedLocator, Formatter, MaxNLocator, NullLocator, SymmetricalLogLocator,
 )
@@ -226,8 +228,24 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
                 if out is not None:
                     ax.plot(out, cap, marker="^", ms=8, color=color, ls="none", zorder=5, clip_on=False)
         handles.append(Line2D([], [], color=color, lw=1.6, label=legend_label(method, statuses)))
+    # the paper's checkpoints (gradflow_exp/report/paper.yaml), once per curve of the figure
+    drawn = {}
+    for method in methods:
+        for curve in curves_for(experiment, str(g_exp[g_exp["method"] == method]["optimizer"].iloc[0])):
+            drawn[curve.get("label", "")] = curve
+    last = float(g_exp["epoch"].max()) if g_exp["epoch"].notna().any() else 0.0
+    for label, curve in drawn.items():
+        for ax, (col, _, _) in zip(axes, panels):
+            pts = {e: v for e, v in (curve.get(col) or {}).items() if e <= last}   # the table has the rest
+            if pts:
+                ax.plot(list(pts), list(pts.values()), marker="D", ms=6, mfc="none", mec="k", mew=1.3,
+                        ls=":", lw=0.8, color="k", zorder=6)
+    if drawn:
+        handles.append(Line2D([], [], marker="D", mfc="none", mec="k", color="k", ls=":",
+                              label="paper: " + "; ".join(drawn) + " (read off its plots, ±2×)"))
     for ax, (col, title, scale) in zip(axes, panels):
         vals = g_exp[col].astype(float).to_numpy() if col in g_exp.columns else np.array([])
+        vals = np.concatenate([vals, [v for c in drawn.values() for e, v in (c.get(col) or {}).items() if e <= last]])
         if COMPANION.get(col) in g_exp.columns:
             vals = np.concatenate([vals, g_exp[COMPANION[col]].astype(float).to_numpy()])
         if caps[col]:
