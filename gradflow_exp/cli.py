@@ -65,14 +65,30 @@ def run(task, args: list[str]) -> None:
                 os.environ[key] = value
 
 
+# Hydra's flags that take a value (``--cfg job``), and --info's optional one
+VALUED = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+          "--experimental-rerun", "--shell-completion", "-sc"}
+INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
 def flags_first(args: list[str]) -> list[str]:
     """Hydra's flags (``--cfg job``, ``-cd DIR``) before the overrides: its parser takes the
     overrides as one run of positionals, so ``experiment=fig7 --cfg job x=1`` would not parse.
-    An override is ``key=value`` not starting with '-' (``-sc install=bash``'s value is the flag's)."""
+    The overrides keep their order."""
     flags, overrides = [], []
-    for i, a in enumerate(args):
-        after_sc = i > 0 and args[i - 1] in ("-sc", "--shell-completion")
-        (overrides if "=" in a and not a.startswith("-") and not after_sc else flags).append(a)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("-"):          # an override never starts with a dash
+            flags.append(a)
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if nxt is not None and not nxt.startswith("-") and (
+                    a in VALUED or (a in ("--info", "-i") and nxt in INFO_VALUES)):
+                flags.append(nxt)
+                i += 1
+        else:
+            overrides.append(a)
+        i += 1
     return flags + overrides
 
 

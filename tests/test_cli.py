@@ -54,3 +54,13 @@ def test_the_schema_defaults_are_the_config_files():
 
     composed = flatten(OmegaConf.to_container(compose_cfg([]), resolve=True))
     assert defaults() and {k: composed[k] for k in defaults()} == defaults()
+
+
+def test_flags_move_before_the_overrides_which_keep_their_order():
+    from gradflow_exp.cli import flags_first
+
+    assert flags_first(["experiment=fig7", "--cfg", "job", "x=1"]) == ["--cfg", "job", "experiment=fig7", "x=1"]
+    assert flags_first(["~optimizer.eta", "experiment=fig7", "-m"]) == ["-m", "~optimizer.eta", "experiment=fig7"]
+    assert flags_first(["-sc", "install=bash"]) == ["-sc", "install=bash"]
+    assert flags_first(["--info", "searchpath", "a=1"]) == ["--info", "searchpath", "a=1"]
+    assert flags_first(["a=1", "--info", "b=2"]) == ["--info", "a=1", "b=2"]
