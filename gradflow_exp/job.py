@@ -150,7 +150,7 @@ def _train(cfg, resolved, rd: RunDir, plan, data, model, loss_fn, optimizer, loo
     # for a complete one, and a restart knows to resume it.
     write_json(run_dir / "summary.json", {"status": "running", **base,
                                           "resumed_from_epoch": ckpt["epoch"] if ckpt else None})
-    log.info("run directory: %s%s", run_dir, f" (resuming after epoch {ckpt['epoch']})" if ckpt else "")
+    log.info("run directory: %s", run_dir)
     log.info("data: %d train / %d test, model: %d parameters, optimizer: %s",
              data.x_train.shape[0], data.x_test.shape[0],
              sum(p.numel() for p in model.parameters()), type(optimizer).__name__)

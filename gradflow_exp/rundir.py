@@ -452,7 +452,8 @@ class RunDir:
                 return Plan("skip", previous, note=f"already {status}; skipping it (delete its summary.json "
                                                    "to run it again)")
             if resume and ckpt.is_file():
-                return Plan("resume", previous, load_checkpoint(ckpt, self.config))
+                state = load_checkpoint(ckpt, self.config)
+                return Plan("resume", previous, state, note=f"unfinished ({status}): resuming after epoch {state['epoch']}")
             return Plan("new", previous, note=f"unfinished ({status}) and {'not resumed' if not resume else 'no checkpoint'}:"
                                               " starting again from epoch 0")
         planned, wanted = saved["trainer"]["epochs"], self.config["trainer"]["epochs"]
@@ -469,8 +470,9 @@ class RunDir:
         if why:
             raise RunDirError(f"{self.path} holds this run with trainer.epochs={planned}; {why}; "
                               "use a new hydra.run.dir (or hydra.sweep.dir)")
-        return Plan("resume", previous, load_checkpoint(ckpt, self.config),
-                    note=f"{status} after {done} of {planned} epochs; training it on to {wanted}")
+        state = load_checkpoint(ckpt, self.config)
+        return Plan("resume", previous, state, note=f"{status} after {done} of {planned} epochs: resuming after epoch "
+                                                    f"{state['epoch']}, training it on to {wanted}")
 
     def accept(self) -> None:
         """This job is the directory's run now: its command becomes the record."""

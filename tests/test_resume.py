@@ -232,7 +232,7 @@ def test_finished_run_extends_to_more_epochs(tmp_path, caplog):
     assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
     with caplog.at_level("INFO", logger="gradflow_exp"):
         longer = run(compose_cfg(base + ["trainer.epochs=6"]), run_dir)
-    assert "completed after 3 of 3 epochs; training it on to 6" in caplog.text
+    assert "completed after 3 of 3 epochs: resuming after epoch 3, training it on to 6" in caplog.text
     assert "resuming after epoch 3" in caplog.text and longer["epochs_planned"] == 6
     assert run(compose_cfg(base + ["trainer.epochs=6"]), reference)["status"] == "completed"
     assert_same_run(run_dir, reference)
