@@ -66,6 +66,7 @@ TARGETS = {"sav": 1.10, "ressav": 1.10, "asav": 1.10, "aressav": 1.10, "expsav":
            "relexpsav": 1.40, "ieq": 2.5}
 ADAPTIVE = ("asav", "aressav", "arelsav")   # also reported against Adam
 SPM_TARGET = 4.0           # SPM(J=10) against its base method
+RUNNER_TARGET = 1.15       # the runner's further epoch against the plain script's
 
 
 def clock_for(device):
@@ -193,7 +194,14 @@ def plain_sgd_epoch(x, y, params, scale, lr, bs, gen):
 
 
 def bench_runner(p: Problem, dtype, device, log_every: int, epochs: int, repeats: int) -> dict:
-    """Runner epoch (loop.train with a CSV sink, SGD) vs the plain script's, interleaved."""
+    """Runner epoch (loop.train with a CSV sink, SGD) vs the plain script's, interleaved.
+
+    A round trains one run of ``epochs`` and one of ``2·epochs`` through the runner and
+    ``epochs`` of the plain script. ``ratio`` is the steady per-epoch cost, (T(2E) − T(E)) / E
+    over the plain epoch: what every further epoch of a long run costs, its periodic
+    metrics included; ``ratio_whole`` is T(E) / E over the plain epoch, which also carries
+    the run's one-off cost (epoch 0's metrics, the first step's allocations);
+    ``fixed_s`` is that one-off cost, 2·T(E) − T(2E)."""
     import tempfile
 
     from gradflow_exp.loop import LoopConfig, OneModel, Run, train
@@ -206,31 +214,40 @@ def bench_runner(p: Problem, dtype, device, log_every: int, epochs: int, repeats
                     (lambda m: (m.hidden.weight, m.hidden.bias, m.out.weight))(make_model())]
     scale = make_model().scale
     gen = torch.Generator(device=device).manual_seed(0)
-    cfg = LoopConfig(epochs=epochs, batch_size=p.batch, log_every=log_every, progress=False)
     clock, _ = clock_for(device)
-    runner_t, plain_t = [], []
+
+    def runner(n: int, path: str) -> float:
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        sink = CSVSink(path)
+        cfg = LoopConfig(epochs=n, batch_size=p.batch, log_every=log_every, progress=False)
+        t = clock()
+        train(OneModel(model, opt, loss_fn, data), cfg, [Run(seed=0, sinks=[sink])])
+        _sync(device)
+        t = clock() - t
+        sink.close()
+        return t
+
+    one, two, plain = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats + 1):       # round 0 is warm-up
-            model = make_model()
-            opt = torch.optim.SGD(model.parameters(), lr=lr)
-            sink = CSVSink(f"{tmp}/metrics_{rep}.csv")
-            t = clock()
-            train(OneModel(model, opt, loss_fn, data), cfg, [Run(seed=0, sinks=[sink])])
-            _sync(device)
-            rt = (clock() - t) / epochs
-            sink.close()
+            t1 = runner(epochs, f"{tmp}/a_{rep}.csv")
+            t2 = runner(2 * epochs, f"{tmp}/b_{rep}.csv")
             t = clock()
             for _ in range(epochs):
                 plain_sgd_epoch(data.x_train, data.y_train, plain_params, scale, lr,
                                 p.batch or data.x_train.shape[0], gen)
             _sync(device)
-            pt = (clock() - t) / epochs
             if rep:
-                runner_t.append(rt)
-                plain_t.append(pt)
-    return {"epochs": epochs, "log_every": log_every, "runner_epoch_s": statistics.median(runner_t),
-            "plain_epoch_s": statistics.median(plain_t),
-            "ratio": statistics.median(r / q for r, q in zip(runner_t, plain_t))}
+                one.append(t1)
+                two.append(t2)
+                plain.append((clock() - t) / epochs)
+    steady = [(b - a) / epochs for a, b in zip(one, two)]
+    return {"epochs": epochs, "log_every": log_every, "runner_epoch_s": statistics.median(steady),
+            "plain_epoch_s": statistics.median(plain),
+            "ratio": statistics.median(s / q for s, q in zip(steady, plain)),
+            "ratio_whole": statistics.median(a / epochs / q for a, q in zip(one, plain)),
+            "fixed_s": statistics.median(2 * a - b for a, b in zip(one, two))}
 
 
 def bench_replicas(p: Problem, R: int, method: str, dtype, device, epochs: int, repeats: int) -> dict:
@@ -302,6 +319,8 @@ def check_targets(res: dict) -> list[str]:
             if m in ADAPTIVE and adam:   # Adam's moments cost the same here: the fairer yardstick
                 lines.append(f"info {prob:6s} {m + ' vs adam':22s} {v['step_s'] / adam['step_s']:6.2f}× "
                              f"(Adam itself {adam['ratio_sgd']:.2f}× SGD)")
+    for prob, r in res.get("runner", {}).items():
+        lines.append(_verdict(prob, "runner vs plain", r["ratio"], RUNNER_TARGET))
     return lines
 
 
@@ -333,6 +352,8 @@ def main(argv=None) -> int:
                           else ("cpu" if args.device == "auto" else args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
+    from gradflow_exp.job import reuse_freed_memory
+    reuse_freed_memory()            # as a job does: the runner and the plain script alike
     dtype = getattr(torch, args.dtype)
     methods = [m.strip() for m in args.methods.split(",")]
     unknown = [m for m in methods + [m[4:] for m in methods if m.startswith("spm_")]
@@ -384,7 +405,9 @@ def main(argv=None) -> int:
                              args.runner_epochs, max(1, args.repeats // 2))
             res["runner"][prob] = r
             print(f"  {prob:6s} runner {r['runner_epoch_s']:.4f} s/epoch (log_every {r['log_every']}), "
-                  f"plain {r['plain_epoch_s']:.4f} s/epoch: {r['ratio']:.2f}×")
+                  f"plain {r['plain_epoch_s']:.4f} s/epoch: {r['ratio']:.2f}× a further epoch; "
+                  f"{r['ratio_whole']:.2f}× over a {args.runner_epochs}-epoch run, whose one-off cost "
+                  f"is {r['fixed_s']:.3f} s")
     if args.replicas > 0:
         res["replicas"] = {}
         print(f"\nreplica batch vs single runs one after another ({args.replicas} seeds, "

@@ -60,7 +60,7 @@ class LoopConfig:
     log_every: int = 1                # epochs between logged rows (first and last always logged)
     shuffle: bool = True
     progress: bool = True
-    eval_chunk: int = 8192            # rows per forward pass when evaluating full sets
+    eval_chunk: int = 2048            # rows per forward pass when evaluating full sets (docs/speed.md)
     collapse_q: float = COLLAPSE_Q    # summary flags q = r/r̂ below this as a collapsed auxiliary variable
     checkpoint_every: int | None = None   # epochs between on_checkpoint calls (None: none)
     scheduler: dict | None = None     # the `scheduler` node (None: constant lr)
@@ -92,15 +92,15 @@ class OneModel:
         self.R = 1
 
     def order(self, perms) -> None:
-        self._perm = perms[0]
+        # the epoch's data in its batch order, gathered once: a batch is then a view, the
+        # same rows as indexing each batch (one gather an epoch instead of two a step)
+        data, perm = self.datas[0], perms[0]
+        self._x, self._y = (data.x_train, data.y_train) if perm is None else (data.x_train[perm], data.y_train[perm])
 
     def step(self, b: int, bs: int) -> torch.Tensor:
-        data, perm = self.datas[0], self._perm
-        if perm is None and bs == data.x_train.shape[0]:
-            xb, yb = data.x_train, data.y_train
-        else:
-            idx = perm[b * bs:(b + 1) * bs] if perm is not None else slice(b * bs, (b + 1) * bs)
-            xb, yb = data.x_train[idx], data.y_train[idx]
+        xb, yb = self._x, self._y
+        if bs != xb.shape[0]:
+            xb, yb = xb[b * bs:(b + 1) * bs], yb[b * bs:(b + 1) * bs]
         return self.optimizer.step(BatchClosure(self.models[0], self.loss_fn, xb, yb))
 
     def model(self, k: int) -> torch.nn.Module:

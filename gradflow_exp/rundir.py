@@ -47,8 +47,9 @@ log = logging.getLogger("gradflow_exp")
 # Keys that change how a run is logged, checkpointed or reported, not what it computes: a
 # run may be resumed or extended with other values of these (gradflow-report, too, does not
 # tell methods apart by them). A key covers its sub-keys ("logger": logger.mode, ...).
+# trainer.eval_chunk changes the order of a metric's sums only, so its last bits.
 MAY_DIFFER = ("trainer.progress", "trainer.checkpoint", "trainer.checkpoint_every", "trainer.collapse_q",
-              "threads", "hparams_objective", "logger", "references")
+              "trainer.eval_chunk", "threads", "hparams_objective", "logger", "references")
 EPOCHS = "trainer.epochs"
 FINISHED = ("completed", "diverged")          # a job with this status is not run again
 RECORD = ".hydra"
