@@ -288,6 +288,22 @@ def test_flagged_runs_are_named_under_the_table(tmp_path):
     assert "Completed runs with flags" not in (tmp_path / "o2" / "summary.md").read_text()
 
 
+def test_until_takes_a_killed_run_as_far_as_its_curve_goes(tmp_path, capsys):
+    """--until with a run killed mid-way (summary still "running", no epochs_completed): cut
+    where its curve passes the epoch, left out as unfinished where its curve stops short."""
+    make_run(tmp_path / "r" / "0", seed=0, test=[1.0 / (e + 1) for e in range(11)])
+    for i, n in ((1, 7), (2, 3)):
+        run = make_run(tmp_path / "r" / str(i), seed=i, test=[2.0 / (e + 1) for e in range(n)])
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({"status": "running", "name": summary["name"]}))
+    out = tmp_path / "rep"
+    assert main([str(tmp_path / "r"), "--out", str(out), "--until", "4"]) == 0
+    runs = pd.read_csv(out / "runs.csv").set_index("seed")
+    assert runs.loc[1, "status"] == "completed" and runs.loc[1, "final_test_rel_error"] == pytest.approx(2.0 / 5)
+    assert runs.loc[2, "status"] == "running"
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_until_keeps_the_flags_of_runs_that_end_there_and_judges_the_rest_at_it(tmp_path):
     """--until 2: a run that ends at epoch 2 keeps its summary's flag (it describes that
     end); one that goes on to epoch 4 is judged on its rows up to 2, where its q has

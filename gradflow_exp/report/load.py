@@ -297,7 +297,8 @@ def cut_at(df: pd.DataFrame, until: int) -> pd.DataFrame:
     if until < 0:
         raise ReportError(f"--until {until}: an epoch must be >= 0")
     runs = df.groupby("run_dir")
-    cut = (runs["epoch"].transform("max") > until) | (runs["epochs_completed"].transform("max") > until)
+    # a run still going (or killed) has no epochs_completed: its curve alone says how far it got
+    cut = (runs["epoch"].transform("max") > until) | (runs["epochs_completed"].transform("max") > until).fillna(False)
     keep = ~(df["epoch"] > until)                    # keeps the NaN-epoch row of a run with no curve
     df, cut = df[keep].copy(), cut[keep].astype(bool)
     df.loc[cut, "status"] = "completed"
