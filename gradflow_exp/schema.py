@@ -26,6 +26,10 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 # ------------------------------------------------------------------ choice lists
 DTYPES = ("float32", "float64")
 TIME_SCALES = ("plain", "particle")
+# time_scale=F*particle: F (> 0) times the model's per-particle scale K = m/2 (fig2's 0.3*particle)
+PARTICLE_MULTIPLE = r"^\s*(0*[1-9][0-9]*(\.[0-9]*)?|0*\.0*[1-9][0-9]*)([eE][-+]?[0-9]+)?\s*\*\s*particle\s*$"
+DEVICE = r"^(cpu|cuda|cuda:\d+|auto)$"
+_PATTERNS = {DEVICE: "cpu, cuda, cuda:N or auto", PARTICLE_MULTIPLE: "F*particle with F > 0"}
 OBJECTIVES = ("final", "best")
 SYNTHETIC_PROBLEMS = ("sincos", "quadratic", "gaussian")
 COEFS = ("uniform", "normal")
@@ -294,9 +298,9 @@ class Config(Node):
     name: str
     seed: Int0
     dtype: Literal[DTYPES]
-    device: Annotated[str, Field(pattern=r"^(cpu|cuda|cuda:\d+|auto)$")]
+    device: Annotated[str, Field(pattern=DEVICE)]
     threads: Literal["auto"] | Int1
-    time_scale: Literal[TIME_SCALES] | Positive
+    time_scale: Literal[TIME_SCALES] | Positive | Annotated[str, Field(pattern=PARTICLE_MULTIPLE)]
     hparams_objective: Literal[OBJECTIVES]
     references: list[str]
     replicas: Replicas = Replicas()
@@ -451,7 +455,8 @@ def _message(key: str, errs: list[dict], data, unknown: set[str]) -> str:
         if w not in wants:
             wants.append(w)
     if len(wants) > 1:          # a union: "'plain' or 'particle' or a finite number"
-        wants = [w.removeprefix("one of ") for w in wants]
+        # a number given where a patterned string is one alternative: say the other ones
+        wants = [w.removeprefix("one of ") for w in wants if w != "a string"] or wants
     return f"{_LABELS.get(key, key)} must be {' or '.join(wants)}, got {_lookup(data, key)!r}"
 
 
@@ -480,7 +485,7 @@ def _want(err: dict) -> str:
     if t in ("too_short", "too_long"):
         return err["msg"].lower().replace("input should", "a list that should")
     if t == "string_pattern_mismatch":
-        return "cpu, cuda, cuda:N or auto"
+        return _PATTERNS.get(ctx.get("pattern"), err["msg"])
     return err["msg"][0].lower() + err["msg"][1:]
 
 

@@ -68,3 +68,14 @@ def test_fig_settings_follow_the_spec_table():
     assert (f2.dataset.D, f2.model.width, f2.trainer.batch_size, f2.optimizer.lr) == (40, 1000, 64, 0.2)
     f7 = compose_cfg(["experiment=fig7"])
     assert (f7.dataset.name, f7.model.width, f7.trainer.batch_size, f7.optimizer.lr) == ("quadratic", 100, 64, 0.01)
+
+
+@pytest.mark.parametrize("time_scale, K", [("plain", 1.0), ("particle", 10.0), ("0.3*particle", 3.0),
+                                           ("1e-1 * particle", 1.0), ("7", 7.0)])
+def test_time_scale_forms_set_the_step(time_scale, K):
+    """lr = K·Δt for a torch optimizer; K = m/2 = 10 at width 20, F*particle scales it (fig2's
+    default is 0.3*particle: K = 150 at its width 1000, and it stays 0.3·m/2 for another width)."""
+    small = ["experiment=fig2", "dataset.M=300", "model.width=20", "optimizer=sgd", "optimizer.lr=0.5"]
+    optimizer = build(compose_cfg(small + [f"time_scale={time_scale}"]))[3]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * K, rel=1e-15)
+    assert compose_cfg(["experiment=fig2"]).time_scale == "0.3*particle"

@@ -2,7 +2,7 @@
 
 Each asserts that the curve falls by a factor read off our full-length runs
 (REPRODUCTION.md), and that the conventions chosen there are the ones that work:
-per-particle time for Example 1, plain time and Kaiming init for Example 2, SAV with
+per-particle time for Example 1 (fig2 at 0.3 of it), plain time and the default init for Example 2, SAV with
 mini-batches restarted per epoch. A broken convention fails these by orders of magnitude.
 """
 import pandas as pd
@@ -32,11 +32,11 @@ def test_fig7_sgd_and_restarted_sav_fall_plain_sav_freezes(fig):
     assert any(f.startswith("aux_collapsed") for f in summary["flags"])
 
 
-def test_fig2_needs_the_per_particle_step(fig):
-    # full run, seed 0: 1.0 → 0.13 at epoch 10 with the per-particle step
-    _, particle = fig("experiment=fig2", "optimizer=sgd", "trainer.epochs=10")
+def test_fig2_needs_a_time_scale(fig):
+    # full run, seed 0: 1.0 → 0.30 at epoch 10 with fig2's K = 150, 0.13 with K = m/2 = 500
+    _, scaled = fig("experiment=fig2", "optimizer=sgd", "trainer.epochs=10")
     _, plain = fig("experiment=fig2", "optimizer=sgd", "time_scale=plain", "trainer.epochs=10")
-    assert curve(particle).train_rel_error.loc[10] < 0.3
+    assert curve(scaled).train_rel_error.loc[10] < 0.4
     assert curve(plain).train_rel_error.loc[10] > 0.9           # plain gradients barely move
 
 

@@ -27,7 +27,7 @@ STACKABLE = sorted(p.stem for p in (Path(__file__).parent.parent / "conf" / "opt
 CASES = {
     "sgd-fig7": SMALL_FIG7 + ["optimizer=sgd"],
     "sav-fig7": SMALL_FIG7 + ["optimizer=sav"],          # restart=epoch (conf/method/fig7/sav.yaml)
-    "sgd-fig2": SMALL_FIG2 + ["optimizer=sgd"],          # time_scale=particle: K = m/2
+    "sgd-fig2": SMALL_FIG2 + ["optimizer=sgd"],          # time_scale=150
     "sav-fig2": SMALL_FIG2 + ["optimizer=sav"],
     "ressav-fig7": SMALL_FIG7 + ["optimizer=ressav"],
     # tanh: no hand-written gradient, so the replicas take the torch.func.vmap(grad) path

@@ -116,7 +116,7 @@ def test_multirun_one_directory_and_wandb_run_per_job(tmp_path):
 def test_energy_methods_log_diagnostics_through_the_runner(run_inprocess):
     """Plain SAV through the runner: diagnostics reach metrics.csv, r² never increases, and
     a collapsed r (mini-batch SAV with the per-particle step) is flagged in the summary."""
-    summary, run_dir = run_inprocess("experiment=fig2", "dataset.M=1000", "model.width=50",
+    summary, run_dir = run_inprocess("experiment=fig2", "dataset.M=1000", "model.width=50", "time_scale=particle",
                                      "optimizer=sav", "optimizer.restart=none", "trainer.epochs=20",
                                      "trainer.log_every=1")
     m = pd.read_csv(run_dir / "metrics.csv")
@@ -126,7 +126,7 @@ def test_energy_methods_log_diagnostics_through_the_runner(run_inprocess):
     assert any(f.startswith("aux_collapsed") for f in summary["flags"])
     frozen = summary["final"]["train_rel_error"]
     # restarting r at every epoch start (fig2's default) keeps it tracking √(I+C)
-    summary, run_dir = run_inprocess("experiment=fig2", "dataset.M=1000", "model.width=50",
+    summary, run_dir = run_inprocess("experiment=fig2", "dataset.M=1000", "model.width=50", "time_scale=particle",
                                      "optimizer=sav", "trainer.epochs=20")
     assert summary["flags"] == []
     assert summary["final"]["train_rel_error"] < 0.9 * frozen

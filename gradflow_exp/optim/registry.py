@@ -27,12 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def resolve_time_scale(time_scale, model: torch.nn.Module) -> float:
-    """'plain' → 1, 'particle' → the model's m/2, a number → itself."""
+    """'plain' → 1, 'particle' → the model's m/2, 'F*particle' → F·m/2, a number → itself
+    (the forms gradflow_exp/schema.py admits)."""
     if time_scale in (None, "plain"):
         return 1.0
-    if time_scale == "particle":
-        return float(getattr(model, "particle_scale", 1.0))
-    return float(time_scale)        # a positive finite number (gradflow_exp/schema.py)
+    if isinstance(time_scale, str) and time_scale.strip().endswith("particle"):
+        factor = time_scale.split("*")[0] if "*" in time_scale else "1"
+        return float(factor) * float(getattr(model, "particle_scale", 1.0))
+    return float(time_scale)
 
 
 def _on_cpu(model: torch.nn.Module) -> bool:
