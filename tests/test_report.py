@@ -345,6 +345,29 @@ def test_a_blown_up_run_leaves_the_axis_through_a_marked_top_edge(tmp_path, monk
     assert figures.blowup_cap(load_runs([root / "0"]), "test_rel_error") is None
 
 
+def test_a_collapsed_energy_leaves_the_axis_through_a_marked_bottom_edge(tmp_path, monkeypatch):
+    """Plain SAV with mini-batches: r² underflows to 1e-323 and then 0. The energy panel ends
+    FLOOR_DECADES below its largest value, the collapsed run gets a ▼ where it leaves, and a
+    healthy run alone gets no floor."""
+    from gradflow_exp.report import figures
+
+    root = tmp_path / "m"
+    make_run(root / "0", optimizer="sav", test=(1.0, 0.1, 1e-2, 1e-3), extra={"energy": [2.0, 1.5, 1.2, 1.1]})
+    make_run(root / "1", optimizer="sav", seed=1, test=(1.0, 0.5, 0.5, 0.5), extra={"energy": [2.0, 1.0, 1e-100, 0.0]})
+    drawn = []
+    monkeypatch.setattr(figures.plt, "close", drawn.append)
+    figures.plot_experiment(load_runs([root]), "fig7", tmp_path / "out")
+    (fig,) = drawn
+    (ax,) = [ax for ax in fig.axes if ax.get_title() == "energy r²"]
+    floor = 2.0 * 10.0 ** -figures.FLOOR_DECADES
+    assert ax.get_ylim()[0] == pytest.approx(floor)
+    downs = [ln for ln in ax.lines if ln.get_marker() == "v"]
+    # seed 1's r² leaves between epochs 1 (1.0) and 2 (1e-100), where log r² crosses log floor
+    assert len(downs) == 1 and downs[0].get_xdata()[0] == pytest.approx(1 + math.log(floor) / math.log(1e-100))
+    assert any("off the axis" in t.get_text() for t in fig.legends[0].get_texts())
+    assert figures.collapse_floor(load_runs([root / "0"]), "energy") is None
+
+
 def test_flags_are_recomputed_from_the_curve_for_runs_written_before_them(tmp_path):
     """Run directories from before a flag existed carry no such flag in summary.json: the
     report finds it in metrics.csv (blown_up: ends above its start; stalled: low q and no

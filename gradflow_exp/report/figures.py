@@ -51,6 +51,11 @@ BANDS = {"minmax": ("min–max", 0.0, 100.0), "iqr": ("IQR", 25.0, 75.0)}
 # decade. Where a run leaves the axis it gets a ▲ on the top edge.
 CAPPED = {"train_rel_error", "test_rel_error"}
 BLOWUP = 10.0
+# The energy panel ends FLOOR_DECADES below its largest value: a collapsed r (plain SAV with
+# mini-batches underflows to 1e-323, REPRODUCTION.md fig2) would otherwise stretch it over
+# 300 decades and flatten every other curve. Where a run leaves the axis it gets a ▼.
+FLOORED = {"energy"}
+FLOOR_DECADES = 12
 
 
 def add_derived(df: pd.DataFrame) -> pd.DataFrame:
@@ -109,20 +114,37 @@ def blowup_cap(g: pd.DataFrame, column: str) -> float | None:
     return cap if float(v[column].max()) > cap else None
 
 
-def first_above(mat: pd.DataFrame, run_dir: str, cap: float):
-    """Where a run's curve first crosses ``cap`` on a log axis (the epoch, interpolated
-    between the logged points around it, where its line leaves the axis); None if never."""
+def collapse_floor(g: pd.DataFrame, column: str) -> float | None:
+    """The energy panel's bottom (FLOOR_DECADES below its largest value), or None when
+    nothing falls under it."""
+    if column not in FLOORED or column not in g.columns:
+        return None
+    v = g[column].astype(float)
+    v = v[np.isfinite(v)]
+    top = float(v[v > 0].max()) if (v > 0).any() else None
+    if top is None:
+        return None
+    floor = top * 10.0 ** -FLOOR_DECADES
+    return floor if float(v.min()) < floor else None
+
+
+def first_crossing(mat: pd.DataFrame, run_dir: str, level: float, below: bool = False):
+    """Where a run's curve first passes ``level`` (above it, or ``below``) on a log axis: the
+    epoch, interpolated between the logged points around it, where its line leaves the axis;
+    None if never."""
     if run_dir not in mat.columns:
         return None
     col = mat[run_dir].dropna()
-    above = (col > cap).to_numpy()
-    if not above.any():
+    out = ((col < level) if below else (col > level)).to_numpy()
+    if not out.any():
         return None
-    i = int(above.argmax())
+    i = int(out.argmax())
     if i == 0:
         return float(col.index[0])
     (x0, y0), (x1, y1) = (float(col.index[i - 1]), col.iloc[i - 1]), (float(col.index[i]), col.iloc[i])
-    return x0 + (x1 - x0) * math.log(cap / y0) / math.log(y1 / y0)
+    if y1 <= 0:                         # an exact 0 (r² underflowed): it leaves at the next point
+        return x1
+    return x0 + (x1 - x0) * math.log(level / y0) / math.log(y1 / y0)
 
 
 def legend_label(method: str, statuses: pd.Series) -> str:
@@ -197,6 +219,7 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
     axes = grid.ravel()[:len(panels)]
     handles, stopped = [], set()       # statuses of runs that stopped early (marked ×)
     caps = {col: blowup_cap(g_exp, col) for col, _, _ in panels}
+    floors = {col: collapse_floor(g_exp, col) for col, _, _ in panels}
     seeds = g_exp.groupby("method", sort=False)["run_dir"].nunique()
     for i, method in enumerate(methods):
         color = colors[i % len(colors)]
@@ -224,9 +247,13 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
                     y = min(end[1], cap) if cap else end[1]
                     ax.plot(end[0], y, marker="x", ms=8, mew=2, color=color, ls="none", zorder=5, clip_on=False)
                     stopped.add(st)
-                out = first_above(mat, run_dir, cap) if cap else None
+                out = first_crossing(mat, run_dir, cap) if cap else None
                 if out is not None:
                     ax.plot(out, cap, marker="^", ms=8, color=color, ls="none", zorder=5, clip_on=False)
+                floor = floors[col]
+                out = first_crossing(mat, run_dir, floor, below=True) if floor else None
+                if out is not None:
+                    ax.plot(out, floor, marker="v", ms=8, color=color, ls="none", zorder=5, clip_on=False)
         handles.append(Line2D([], [], color=color, lw=1.6, label=legend_label(method, statuses)))
     # the paper's checkpoints (gradflow_exp/report/paper.yaml), once per curve of the figure
     drawn = {}
@@ -250,9 +277,14 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
             vals = np.concatenate([vals, g_exp[COMPANION[col]].astype(float).to_numpy()])
         if caps[col]:
             vals = np.minimum(vals, caps[col])
+        if floors[col]:
+            vals = np.maximum(vals, floors[col])
         _set_scale(ax, scale, vals)
         if caps[col]:
             ax.set_ylim(top=caps[col])
+        if floors[col]:
+            # both ends set: autoscale would read the bands' zeros as decades too
+            ax.set_ylim(floors[col], 2.0 * floors[col] * 10.0 ** FLOOR_DECADES)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -260,6 +292,9 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
     if any(caps.values()):
         handles.append(Line2D([], [], color="k", marker="^", ls="none",
                               label=f"above {BLOWUP:g}× the start: off the axis from here"))
+    if any(floors.values()):
+        handles.append(Line2D([], [], color="k", marker="v", ls="none",
+                              label=f"energy below {FLOOR_DECADES} decades under its top: off the axis from here"))
     if stopped:
         handles.append(Line2D([], [], color="k", marker="x", ls="none", mew=2, label="run stopped (" + "/".join(sorted(stopped)) + ")"))
     n_max = int(seeds.max()) if len(seeds) else 0
