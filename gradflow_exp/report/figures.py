@@ -121,10 +121,9 @@ def collapse_floor(g: pd.DataFrame, column: str) -> float | None:
         return None
     v = g[column].astype(float)
     v = v[np.isfinite(v)]
-    top = float(v[v > 0].max()) if (v > 0).any() else None
-    if top is None:
+    if not (v > 0).any():
         return None
-    floor = top * 10.0 ** -FLOOR_DECADES
+    floor = float(v.max()) * 10.0 ** -FLOOR_DECADES
     return floor if float(v.min()) < floor else None
 
 
@@ -247,13 +246,10 @@ def plot_experiment(df: pd.DataFrame, experiment: str, out_dir: Path, band: str 
                     y = min(end[1], cap) if cap else end[1]
                     ax.plot(end[0], y, marker="x", ms=8, mew=2, color=color, ls="none", zorder=5, clip_on=False)
                     stopped.add(st)
-                out = first_crossing(mat, run_dir, cap) if cap else None
-                if out is not None:
-                    ax.plot(out, cap, marker="^", ms=8, color=color, ls="none", zorder=5, clip_on=False)
-                floor = floors[col]
-                out = first_crossing(mat, run_dir, floor, below=True) if floor else None
-                if out is not None:
-                    ax.plot(out, floor, marker="v", ms=8, color=color, ls="none", zorder=5, clip_on=False)
+                for edge, below, marker in ((cap, False, "^"), (floors[col], True, "v")):
+                    out = first_crossing(mat, run_dir, edge, below) if edge else None
+                    if out is not None:
+                        ax.plot(out, edge, marker=marker, ms=8, color=color, ls="none", zorder=5, clip_on=False)
         handles.append(Line2D([], [], color=color, lw=1.6, label=legend_label(method, statuses)))
     # the paper's checkpoints (gradflow_exp/report/paper.yaml), once per curve of the figure
     drawn = {}
