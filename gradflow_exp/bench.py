@@ -19,6 +19,13 @@ Replica batches (``--replicas R``, two-layer problems): R seeds trained as one b
 process (`gradflow_exp.replicas`) against the same R runs one after another through the
 runner's loop, interleaved rounds, speedup = median over rounds of the ratio.
 
+Own loop (``--own-loop``): the package's optimizers as a torch user steps them, on a generic
+``nn.Sequential`` (fig2's sizes: 40 → 1000 → 1, ReLU, batch 64) with autograd gradients and
+the standard closure (zero grads, forward, ``backward()``, return the loss), against
+``torch.optim.SGD`` in the same loop, interleaved. RelSAV is timed three ways: with that
+closure (its r̂ then costs a whole closure call, backward included), with a closure that
+also accepts ``backward=False`` (one forward), and with ``rhat_batch='next'`` (none).
+
 Targets (issue 5) are ratios to SGD: SAV-type, ExpSAV, IEQ-adaptive, AEGD ≤ 1.10×,
 RelSAV ≤ 1.40×, IEQ full Jacobian ≤ 2.5× (fig2, batch 64), SPM(J=10) ≤ 4× its base.
 """
@@ -67,6 +74,7 @@ TARGETS = {"sav": 1.10, "ressav": 1.10, "asav": 1.10, "aressav": 1.10, "expsav":
 ADAPTIVE = ("asav", "aressav", "arelsav")   # also reported against Adam
 SPM_TARGET = 4.0           # SPM(J=10) against its base method
 RUNNER_TARGET = 1.15       # the runner's further epoch against the plain script's
+OWN_LOOP_TARGETS = {"sav": 1.10, "relsav": 1.40}   # issue 20, on nn.Sequential with autograd
 
 
 def clock_for(device):
@@ -300,6 +308,65 @@ def bench_replicas(p: Problem, R: int, method: str, dtype, device, epochs: int, 
             "speedup": statistics.median(a / b for a, b in zip(single_t, batch_t))}
 
 
+def bench_own_loop(dtype, device, repeats: int, steps: int) -> dict:
+    """SGD, SAV and RelSAV in a user's own loop on an ``nn.Sequential`` (see the module
+    docstring): seconds a step and the median ratio to SGD over interleaved rounds."""
+    from gradflow_exp.optim import SAV, RelSAV
+
+    data, _ = build_problem(PROBLEMS["fig2"], dtype, device)
+    bs, n = 64, data.x_train.shape[0]
+    batches = [(data.x_train[i:i + bs], data.y_train[i:i + bs].reshape(-1, 1)) for i in range(0, n - bs + 1, bs)]
+
+    def make_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(data.in_dim, 1000), torch.nn.ReLU(),
+                                   torch.nn.Linear(1000, 1)).to(device, dtype)
+
+    makers = {"sgd": lambda ps: torch.optim.SGD(ps, lr=1e-4),
+              "sav": lambda ps: SAV(ps, lr=1e-4, C=1.0),
+              "relsav": lambda ps: RelSAV(ps, lr=1e-4, C=1.0),
+              "relsav, closure(backward=False)": lambda ps: RelSAV(ps, lr=1e-4, C=1.0),
+              "relsav, rhat_batch=next": lambda ps: RelSAV(ps, lr=1e-4, C=1.0, rhat_batch="next")}
+    runs = {}
+    for name, make in makers.items():
+        model = make_model()
+        runs[name] = (model, make(model.parameters()), name.endswith("closure(backward=False)"))
+
+    def run_steps(model, opt, forward_only_ok, k):
+        for b in range(k):
+            x, y = batches[b % len(batches)]
+            if forward_only_ok:
+                def closure(backward=True):
+                    if not backward:
+                        with torch.no_grad():
+                            return torch.nn.functional.mse_loss(model(x), y)
+                    opt.zero_grad()
+                    loss = torch.nn.functional.mse_loss(model(x), y)
+                    loss.backward()
+                    return loss
+            else:
+                def closure():
+                    opt.zero_grad()
+                    loss = torch.nn.functional.mse_loss(model(x), y)
+                    loss.backward()
+                    return loss
+            opt.step(closure)
+        _sync(device)
+
+    clock, _ = clock_for(device)
+    times = {m: [] for m in runs}
+    for m in runs:
+        run_steps(*runs[m], 2)
+    for _ in range(repeats):
+        for m in runs:
+            t = clock()
+            run_steps(*runs[m], steps)
+            times[m].append((clock() - t) / steps)
+    return {m: {"step_s": statistics.median(ts),
+                "ratio_sgd": statistics.median(t / s for t, s in zip(ts, times["sgd"]))}
+            for m, ts in times.items()}
+
+
 def check_targets(res: dict) -> list[str]:
     lines = []
     for prob, r in res["problems"].items():
@@ -321,6 +388,10 @@ def check_targets(res: dict) -> list[str]:
                              f"(Adam itself {adam['ratio_sgd']:.2f}× SGD)")
     for prob, r in res.get("runner", {}).items():
         lines.append(_verdict(prob, "runner vs plain", r["ratio"], RUNNER_TARGET))
+    for m, v in res.get("own_loop", {}).items():
+        target = OWN_LOOP_TARGETS.get(m.split(",")[0])
+        if target is not None:
+            lines.append(_verdict("own loop", m, v["ratio_sgd"], target))
     return lines
 
 
@@ -346,6 +417,8 @@ def main(argv=None) -> int:
     ap.add_argument("--replica-methods", default="sgd,sav", help="methods for --replicas (any that stacks: not ieq, "
                                                                    "lamb, or spm_*, whose closure this bench lacks)")
     ap.add_argument("--replica-epochs", type=int, default=3, help="epochs per timed --replicas block")
+    ap.add_argument("--own-loop", action="store_true",
+                    help="also time SGD, SAV, RelSAV in a user's own loop on an nn.Sequential (autograd)")
     ap.add_argument("--json", default="bench.json")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -422,6 +495,12 @@ def main(argv=None) -> int:
                 res["replicas"][prob][m] = r
                 print(f"  {prob:6s} {m:7s} {args.replicas} single runs {r['singles_s']:.3f} s, one batch "
                       f"{r['batch_s']:.3f} s: {r['speedup']:.2f}× faster")
+    if args.own_loop:
+        res["own_loop"] = bench_own_loop(dtype, device, args.repeats, args.steps)
+        print(f"\nown loop: nn.Sequential {PROBLEMS['fig2'].D} → 1000 → 1, batch 64, autograd, the standard closure "
+              f"({clock_for(device)[1]}):")
+        for m, v in res["own_loop"].items():
+            print(f"  {m:32s} {1e3 * v['step_s']:8.3f} ms/step {v['ratio_sgd']:6.2f}× SGD")
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         res["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20

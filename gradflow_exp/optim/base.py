@@ -152,8 +152,11 @@ def dot(xs, ys, host: bool = False, replicas: int | None = None) -> torch.Tensor
 
 
 def sqnorm(xs, host: bool = False) -> torch.Tensor | float:
-    """Σ_i ‖x_i‖² = dot(xs, xs); in float64 on the host path with one foreach kernel."""
-    if host and xs and xs[0].dtype == F64:
+    """Σ_i ‖x_i‖² = dot(xs, xs). On the host path one foreach kernel gives the norms and
+    their squares are summed in float64. A float32 tensor's norm is accumulated in float32:
+    2e-7 relative, about the rounding of a float32 gradient itself, where accumulating it in
+    float64 would cost a fifth of a float32 SAV step on fig2's net (docs/speed.md)."""
+    if host and xs and xs[0].dtype in (F64, torch.float32):
         return _fsum([n * n for n in (t.item() for t in torch._foreach_norm(xs))])
     return dot(xs, xs, host)
 

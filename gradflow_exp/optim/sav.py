@@ -78,6 +78,7 @@ restart are read from the first group.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -97,14 +98,32 @@ def eval_no_grad(closure) -> torch.Tensor:
     one forward pass, when the closure takes that keyword (`BatchClosure` does); a standard
     PyTorch closure (zero grads, forward, backward) is called as it is, at the cost of a
     backward pass whose gradients nothing reads."""
+    if _takes_backward(closure):
+        return closure(backward=False)
+    with torch.enable_grad():
+        return closure()
+
+
+_TAKES_BACKWARD: dict[object, bool] = {}
+
+
+def _takes_backward(closure) -> bool:
+    """Whether ``closure`` accepts ``backward=``; remembered per function body or closure
+    class (a loop makes a new closure every step, and ``inspect.signature`` costs about a
+    tenth of a fig7 step)."""
+    key = getattr(closure, "__code__", None)
+    if key is None and not isinstance(closure, functools.partial):
+        key = type(closure)
+    if key in _TAKES_BACKWARD:
+        return _TAKES_BACKWARD[key]
     try:
         params = inspect.signature(closure).parameters
     except (TypeError, ValueError):      # a builtin or C callable: call it plainly
         params = {}
-    if "backward" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return closure(backward=False)
-    with torch.enable_grad():
-        return closure()
+    takes = "backward" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if key is not None:
+        _TAKES_BACKWARD[key] = takes
+    return takes
 
 
 class _SAVCore(EnergyOptimizer):

@@ -82,3 +82,18 @@ def test_host_sums_overflow_to_inf_and_nan_as_tensors_do():
                      [torch.tensor([1e300], dtype=torch.float64), torch.tensor([-1e300], dtype=torch.float64)])
     assert math.isnan(dot(*inf_minus_inf, host=True)) and torch.isnan(dot(*inf_minus_inf))
 
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-14), (torch.float32, 1e-6), (torch.bfloat16, 1e-3)])
+def test_host_sqnorm_is_accurate_in_every_dtype(dtype, rtol):
+    """‖g‖² on the host path against the exact float64 sum of the same entries: float64
+    to rounding, float32 within its own rounding (its norms are accumulated in float32),
+    bfloat16 to the rounding of its squares (summed in float64)."""
+    from gradflow_exp.optim.base import sqnorm
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(1000, 40, generator=g).to(dtype), torch.randn(1000, generator=g).to(dtype),
+          torch.randn(1, 1000, generator=g).to(dtype), torch.randn(1, generator=g).to(dtype)]
+    exact = math.fsum(float(v) ** 2 for x in xs for v in x.double().reshape(-1))
+    assert sqnorm(xs, host=True) == pytest.approx(exact, rel=rtol)
+    assert float(sqnorm(xs)) == pytest.approx(exact, rel=rtol)
