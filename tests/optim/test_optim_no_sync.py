@@ -1,0 +1,123 @@
+"""A replica batch's step reads nothing back to the host (issue 20): on an accelerator every
+such read (``.item()``, ``float(t)``, ``if t:``, ``.tolist()``) waits for the device, so the
+step must stay a chain of kernels, with the per-replica scalars (r, ξ, the step sizes)
+as tensors [R].
+
+On CPU the reads are caught by making them raise while the steps run (after a first step,
+which may set up state); on CUDA, `torch.cuda.set_sync_debug_mode("error")` catches every
+synchronising call (skipped without a GPU)."""
+import contextlib
+
+import pytest
+import torch
+
+from gradflow_exp.losses import MSELoss
+from gradflow_exp.models import TwoLayerNet
+from gradflow_exp.optim import SPM, ReplicaClosure
+from optim_testlib import METHODS, regression_data
+
+R = 3
+REPLICABLE = sorted(m for m in METHODS if m != "ieq")      # full-Jacobian IEQ stays one run
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+
+class HostRead(AssertionError):
+    pass
+
+
+@contextlib.contextmanager
+def no_host_reads(monkeypatch):
+    def refuse(name):
+        def read(self, *args, **kwargs):
+            raise HostRead(f"Tensor.{name} in a replica step")
+        return read
+
+    with monkeypatch.context() as m:
+        for name in HOST_READS:
+            m.setattr(torch.Tensor, name, refuse(name))
+        yield
+
+
+def _batch(device):
+    """R two-layer nets (the hand-written batched gradient) and one with autograd (vmap),
+    stacked, with per-replica Δt; a closure per step on each replica's own rows."""
+    data = [regression_data(n=48, seed=s) for s in range(R)]
+    x = torch.stack([d[0] for d in data]).to(device)
+    y = torch.stack([d[1] for d in data]).to(device)
+    models = []
+    for k in range(R):
+        torch.manual_seed(k)
+        models.append(TwoLayerNet(3, 1, width=16).double().to(device))
+    stacked = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).clone()
+               for n, _ in models[0].named_parameters()}
+
+    def closure(i):
+        rows = slice((i * 16) % 48, (i * 16) % 48 + 16)
+        return ReplicaClosure(models[0], MSELoss(), stacked, x[:, rows].double(), y[:, rows].double())
+
+    return stacked, closure
+
+
+def _optimizer(name, stacked, spm=False):
+    cls, kw = METHODS[name]
+    lr = kw["lr"]
+    if name in ("sav", "relsav", "expsav", "aegd"):
+        kw = {**kw, "restart": "epoch"}
+    opt = cls(list(stacked.values()), **{**kw, "lr": [lr, lr / 2, lr / 4]}, replicas=R)
+    return SPM(opt, J=4, h=1e-3, seed=[0, 1, 2]) if spm else opt
+
+
+def _steps(opt, closure, first, last):
+    for i in range(first, last):
+        if i == 4 and hasattr(opt, "epoch_start"):
+            opt.epoch_start()                 # a restart step among them (restart='epoch' forms)
+        opt.step(closure(i))
+
+
+@pytest.mark.parametrize("name", REPLICABLE)
+def test_a_replica_step_reads_nothing_back_to_the_host(name, monkeypatch):
+    stacked, closure = _batch("cpu")
+    opt = _optimizer(name, stacked)
+    _steps(opt, closure, 0, 1)
+    before = [p.clone() for p in stacked.values()]
+    with no_host_reads(monkeypatch):
+        _steps(opt, closure, 1, 8)
+    assert all(not torch.equal(a, b) for a, b in zip(before, stacked.values()))     # it stepped
+
+
+@pytest.mark.parametrize("name", ["sgd", "sav", "relsav"])
+def test_spm_over_a_replica_batch_reads_nothing_back_to_the_host(name, monkeypatch):
+    stacked, closure = _batch("cpu")
+    if name == "sgd":
+        base = torch.optim.SGD(list(stacked.values()), lr=0.1, foreach=False)
+        base.replicas = R          # as build_replica_optimizer marks a torch optimizer over stacked tensors
+        opt = SPM(base, J=4, h=1e-3, seed=[0, 1, 2])
+    else:
+        opt = _optimizer(name, stacked, spm=True)
+    _steps(opt, closure, 0, 1)
+    with no_host_reads(monkeypatch):
+        _steps(opt, closure, 1, 6)
+
+
+def test_the_guard_catches_a_host_read(monkeypatch):
+    t = torch.ones(2)
+    with no_host_reads(monkeypatch), pytest.raises(HostRead):
+        if t.sum():
+            pass
+    with no_host_reads(monkeypatch), pytest.raises(HostRead):
+        float(t[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", REPLICABLE)
+def test_on_cuda_a_replica_step_never_synchronises(name):
+    stacked, closure = _batch("cuda")
+    opt = _optimizer(name, stacked)
+    _steps(opt, closure, 0, 1)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _steps(opt, closure, 1, 8)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
