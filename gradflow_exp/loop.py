@@ -159,9 +159,8 @@ class Stacked:
         return self.models[k]
 
     def group(self, k: int) -> dict:
-        """Replica k's (first) param group: its own with torch.optim's (`Unstacked`)."""
-        groups = self.optimizer.param_groups
-        return groups[k] if len(groups) == self.R else groups[0]
+        """The (first) param group; its per-replica values are vectors [R] (see `value`)."""
+        return self.optimizer.param_groups[0]
 
     def value(self, x, k: int) -> float:
         return float(x[k]) if isinstance(x, torch.Tensor) and x.dim() == 1 else float(x)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradflow_exp.optim.base import PER_REPLICA, EnergyOptimizer
 from gradflow_exp.optim.spm import SPM
-from gradflow_exp.optim.stacked import Unstacked
+from gradflow_exp.optim.stacked import PerReplicaLr
 
 SHARED_KEYS = ("C", "lam", "eta", "restart")
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ NOT_REPLICABLE = ("gradflow_exp.optim.IEQ",)
 def build_replica_optimizer(nodes: list[DictConfig], params: list[torch.Tensor], time_scale: float):
     """One optimizer over ``params`` (R models stacked, [R, …]) that is, for replica k, the
     optimizer ``nodes[k]`` builds for model k alone (`build_optimizer`): ours with
-    ``replicas=R``, torch.optim's as `Unstacked` (a param group per replica). The nodes may
+    ``replicas=R``, torch.optim's over the stacked tensors (`PerReplicaLr` where the lr
+    differs). The nodes may
     differ only in Δt, C, λ, η and in SPM's seed."""
     R = len(nodes)
     plain = [OmegaConf.to_container(n, resolve=True) for n in nodes]
@@ -124,9 +125,9 @@ def build_replica_optimizer(nodes: list[DictConfig], params: list[torch.Tensor],
         if not varying:     # element-wise over the stacked tensors: one op a parameter for all R
             opt = target(params, **kwargs)
             opt.replicas = R
-        else:               # one param group per replica, each with its own lr (times K)
-            per = {k: [node[k] * (time_scale if k == "lr" else 1.0) for node in plain] for k in varying}
-            opt = Unstacked(lambda groups: target(groups, **kwargs), params, per)
+        else:               # only lr can differ here: the shared keys were dropped above
+            opt = PerReplicaLr(lambda ps, lr: target(ps, lr=lr, **kwargs), params,
+                               [node["lr"] * time_scale for node in plain])
     if spms[0] is not None:
         if any({k: v for k, v in s.items() if k != "seed"} != {k: v for k, v in spms[0].items() if k != "seed"}
                for s in spms):

@@ -2,15 +2,16 @@
 
 Our optimizers take ``replicas=R`` themselves (gradflow_exp/optim/base.py). torch.optim's
 do not, but an element-wise one (SGD with or without momentum, Adam, AdamW, NAdam,
-Adagrad, RMSprop) over one parameter group per replica, each holding that replica's slice
-of the stacked parameters, *is* R independent optimizers, each doing exactly its single
-run's arithmetic on tensors of its single run's shapes, with its own lr (and so its own
-schedule). `Unstacked` is that: it evaluates the closure on the stacked parameters, hands
-each slice its gradient, and steps the torch optimizer.
+Adagrad, RMSprop) over the stacked [R, …] tensors *is* R independent optimizers at the
+cost of one: each entry is updated from its own gradient and state only.
 
-With one set of hyperparameters for all replicas (a batch of seeds) the torch optimizer
-simply runs over the stacked tensors: element-wise, that is R optimizers too, at the cost of
-one.
+Replicas that differ in lr (Δt): every one of these updates is linear in lr,
+θ⁺ = θ + lr·u(θ, g, state), and its state does not depend on lr. `PerReplicaLr` runs the
+torch optimizer once over the stacked tensors with the replicas' largest lr, L, and then
+moves replica k to θ + (lr_k/L)(θ⁺ − θ): its own step, to rounding (the difference
+θ⁺ − θ is exact where the step is small against θ; replica k's result differs from its
+single run's by a rounding of θ a step). A sweep over lr thus costs one optimizer step,
+not R.
 
 `split_state` / `stack_states` turn a batch's optimizer ``state_dict()`` into each
 replica's single-run one and back, so that a replica's checkpoint is its single run's.
@@ -20,52 +21,58 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
+from gradflow_exp.optim.base import F64, _along
 from gradflow_exp.optim.spm import SPM
 
 
-class Unstacked(Optimizer):
-    """``make(groups)`` (a torch.optim class with its hyperparameters) over ``stacked``
-    ([R, …] tensors, requires_grad False), one param group per replica: group k holds
-    replica k's slices (views). ``per_replica``: {key: R values} for the groups."""
+class PerReplicaLr(Optimizer):
+    """``make(params, lr)`` (a torch.optim class with its other hyperparameters) over
+    ``stacked`` ([R, …] tensors), replica k stepping with ``lrs[k]``: see the module
+    docstring. ``param_groups[0]["lr"]`` is the vector [R] of the replicas' lr, as in our
+    optimizers with ``replicas=R``."""
 
-    def __init__(self, make, stacked: list[torch.Tensor], per_replica: dict | None = None):
-        R = stacked[0].shape[0]
-        self.stacked = stacked
-        self.views = [[p[k] for p in stacked] for k in range(R)]
-        groups = [{"params": views, **{key: values[k] for key, values in (per_replica or {}).items()}}
-                  for k, views in enumerate(self.views)]
-        inner = make(groups)
+    def __init__(self, make, stacked: list[torch.Tensor], lrs: list[float]):
+        self.unit = max(lrs)
+        inner = make(stacked, self.unit)
         self.__dict__["inner"] = inner
-        self.replicas = R
-        self.defaults = inner.defaults
+        self.stacked, self.replicas, self.defaults = stacked, len(lrs), inner.defaults
+        group = {k: v for k, v in inner.param_groups[0].items() if k != "lr"}
+        self.param_groups = [{**group, "lr": torch.tensor(lrs, dtype=F64, device=stacked[0].device)}]
         self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
 
-    param_groups = property(lambda self: self.inner.param_groups)
     state = property(lambda self: self.inner.state)
 
     @torch.no_grad()
     def step(self, closure=None):
         with torch.enable_grad():
-            loss = closure()                     # gradients of the stacked parameters
-        for k, views in enumerate(self.views):
-            for view, p in zip(views, self.stacked):
-                view.grad = None if p.grad is None else p.grad[k]
-        self.inner.step()
+            loss = closure()                      # gradients of the stacked parameters
+        before = [p.clone() for p in self.stacked]
+        self.inner.step()                         # θ⁺ = θ + L·u
+        weight = self.param_groups[0]["lr"] / self.unit
+        for p, old in zip(self.stacked, before):
+            torch.lerp(old, p, _along(weight, p), out=p)   # θ + (lr_k/L)(θ⁺ − θ)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.stacked:
-            p.grad = None
         self.inner.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
-        return self.inner.state_dict()
+        out = self.inner.state_dict()
+        (group,) = out["param_groups"]
+        mine = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                for k, v in self.param_groups[0].items() if k != "params"}
+        out["param_groups"] = [{**group, **mine}]
+        return out
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.inner.load_state_dict(state_dict)
+        (group,) = state_dict["param_groups"]
+        lr = torch.as_tensor(group["lr"], dtype=F64).to(self.stacked[0].device).expand(self.replicas).clone()
+        self.inner.load_state_dict({"state": state_dict["state"], "param_groups": [
+            {k: v for k, v in group.items() if k != "initial_lr"} | {"lr": self.unit}]})
+        self.param_groups[0].update({k: v for k, v in group.items() if k not in ("params", "lr")}, lr=lr)
 
     def __repr__(self) -> str:
-        return f"Unstacked({self.inner!r})"
+        return f"PerReplicaLr({self.inner!r})"
 
 
 def split_state(opt, state: dict, k: int) -> dict:
@@ -74,11 +81,6 @@ def split_state(opt, state: dict, k: int) -> dict:
     if isinstance(opt, SPM):
         return {"base": split_state(opt.base, state["base"], k),
                 "spm": {**state["spm"], "generator": state["spm"]["generator"][k]}}
-    if isinstance(opt, Unstacked):
-        group = state["param_groups"][k]
-        renumber = {old: new for new, old in enumerate(group["params"])}
-        return {"state": {renumber[i]: _clone(st) for i, st in state["state"].items() if i in renumber},
-                "param_groups": [{**group, "params": list(range(len(renumber)))}]}
     R = opt.replicas
 
     def part(v):     # per-replica: [R, …]; shared: 0-d
@@ -96,14 +98,6 @@ def stack_states(opt, states: list[dict]) -> dict:
     if isinstance(opt, SPM):
         return {"base": stack_states(opt.base, [s["base"] for s in states]),
                 "spm": {**states[0]["spm"], "generator": [s["spm"]["generator"] for s in states]}}
-    if isinstance(opt, Unstacked):
-        out_state, groups, offset = {}, [], 0
-        for s in states:
-            (group,) = s["param_groups"]
-            groups.append({**group, "params": [offset + i for i in group["params"]]})
-            out_state.update({offset + i: _clone(st) for i, st in s["state"].items()})
-            offset += len(group["params"])
-        return {"state": out_state, "param_groups": groups}
     first = states[0]
 
     def joint(values):
@@ -120,7 +114,3 @@ def stack_states(opt, states: list[dict]) -> dict:
                       for i, st in first["state"].items()},
             "param_groups": [{key: joint([s["param_groups"][g][key] for s in states]) if key != "params" else v
                               for key, v in group.items()} for g, group in enumerate(first["param_groups"])]}
-
-
-def _clone(st: dict) -> dict:
-    return {key: v.clone() if isinstance(v, torch.Tensor) else v for key, v in st.items()}

@@ -108,3 +108,62 @@ def test_replicas_check_their_shapes_and_values():
     again = SAV([torch.zeros(3, 4)], lr=[0.1, 0.2, 0.3], replicas=3)
     again.load_state_dict(state)
     assert again.param_groups[0]["lr"].tolist() == [0.1, 0.2, 0.3]
+
+
+TORCH_ELEMENTWISE = {
+    "sgd": (torch.optim.SGD, {}),
+    "sgd_nesterov_wd": (torch.optim.SGD, dict(momentum=0.9, nesterov=True, weight_decay=1e-2)),
+    "sgd_dampening": (torch.optim.SGD, dict(momentum=0.5, dampening=0.3)),
+    "adam_amsgrad": (torch.optim.Adam, dict(amsgrad=True, weight_decay=1e-2)),
+    "adamw": (torch.optim.AdamW, dict(weight_decay=0.1)),
+    "nadam": (torch.optim.NAdam, {}),
+    "adagrad_decay": (torch.optim.Adagrad, dict(lr_decay=0.1)),
+    "rmsprop_centered": (torch.optim.RMSprop, dict(centered=True, momentum=0.5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_ELEMENTWISE))
+def test_torch_optimizers_with_per_replica_lr_are_their_single_runs(name):
+    """`PerReplicaLr`: one torch optimizer over the stacked models at the largest lr, each
+    replica moved to its own lr's step. Parameters follow the single runs to rounding,
+    replica k's split state dict is its single run's, and stacking those back resumes."""
+    from gradflow_exp.optim.stacked import PerReplicaLr, split_state, stack_states
+
+    cls, kw = TORCH_ELEMENTWISE[name]
+    lrs = [0.01, 0.003, 0.02]
+    data = _data(range(R))
+    models = [small_net(seed=k) for k in range(R)]
+    singles = [cls(m.parameters(), lr=lrs[k], **kw) for k, m in enumerate(models)]
+    names = [n for n, _ in models[0].named_parameters()]
+    stacked = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).clone() for n in names}
+    opt = PerReplicaLr(lambda ps, lr: cls(ps, lr=lr, **kw), list(stacked.values()), lrs)
+
+    def steps(first, last):
+        for i in range(first, last):
+            rows = slice((i * 16) % 48, (i * 16) % 48 + 16)
+            for k in range(R):
+                singles[k].step(closure_for(models[k], data[k][0][rows], data[k][1][rows]))
+            xb, yb = torch.stack([d[0][rows] for d in data]), torch.stack([d[1][rows] for d in data])
+            opt.step(ReplicaClosure(models[0], MSELoss(), stacked, xb, yb))
+
+    def assert_same():
+        for k, m in enumerate(models):
+            for n, p in m.named_parameters():
+                torch.testing.assert_close(stacked[n][k], p.detach(), rtol=RTOL, atol=1e-13)
+
+    steps(0, 12)
+    assert not torch.equal(stacked[names[0]][0], small_net(seed=0).state_dict()[names[0]])   # it trained
+    assert_same()
+    assert opt.param_groups[0]["lr"].tolist() == lrs
+    full = opt.state_dict()
+    for k in range(R):
+        mine, theirs = split_state(opt, full, k), singles[k].state_dict()
+        assert mine["param_groups"] == theirs["param_groups"]
+        for i, st in theirs["state"].items():
+            for key, v in st.items():
+                torch.testing.assert_close(mine["state"][i][key], v, rtol=RTOL, atol=1e-13, msg=f"{k}.{key}")
+    again = PerReplicaLr(lambda ps, lr: cls(ps, lr=lr, **kw), list(stacked.values()), lrs)
+    again.load_state_dict(stack_states(again, [singles[k].state_dict() for k in range(R)]))
+    opt = again
+    steps(12, 18)
+    assert_same()
