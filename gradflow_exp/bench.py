@@ -26,6 +26,11 @@ the standard closure (zero grads, forward, ``backward()``, return the loss), aga
 closure (its r̂ then costs a whole closure call, backward included), with a closure that
 also accepts ``backward=False`` (one forward), and with ``rhat_batch='next'`` (none).
 
+Sweeps (``--sweep-epochs E``): the README's fig7 sweep (8 jobs: SGD and Adam × two lr ×
+two seeds, E epochs, one thread a process) as whole ``gradflow-train -m`` commands, through
+the basic launcher, the batched one, and the batched one with ``n_jobs=2``, interleaved
+rounds; wall time of each command (start-up included), speedup = median ratio to basic.
+
 Targets (issue 5) are ratios to SGD: SAV-type, ExpSAV, IEQ-adaptive, AEGD ≤ 1.10×,
 RelSAV ≤ 1.40×, IEQ full Jacobian ≤ 2.5× (fig2, batch 64), SPM(J=10) ≤ 4× its base.
 """
@@ -75,6 +80,10 @@ ADAPTIVE = ("asav", "aressav", "arelsav")   # also reported against Adam
 SPM_TARGET = 4.0           # SPM(J=10) against its base method
 RUNNER_TARGET = 1.15       # the runner's further epoch against the plain script's
 OWN_LOOP_TARGETS = {"sav": 1.10, "relsav": 1.40}   # issue 20, on nn.Sequential with autograd
+SWEEP_TARGET = 4.0         # issue 20: the batched launcher against the basic one, fig7
+SWEEP = ["experiment=fig7", "optimizer=sgd,adam", "optimizer.lr=0.01,0.1", "seed=0,1", "logger=none", "threads=1"]
+LAUNCHERS = {"basic": ["hydra/launcher=basic"], "batched": ["hydra/launcher=batched"],
+             "batched, n_jobs=2": ["hydra/launcher=batched", "hydra.launcher.n_jobs=2"]}
 
 
 def clock_for(device):
@@ -367,6 +376,29 @@ def bench_own_loop(dtype, device, repeats: int, steps: int) -> dict:
             for m, ts in times.items()}
 
 
+def bench_sweep(epochs: int, repeats: int) -> dict:
+    """The README's fig7 sweep as whole commands through each launcher (see the module
+    docstring); seconds per command and the median speedup over the basic launcher."""
+    import subprocess
+    import tempfile
+
+    times = {name: [] for name in LAUNCHERS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(repeats):
+            for name, launcher in LAUNCHERS.items():
+                out = f"{tmp}/{rnd}_{name.replace(', ', '_').replace('=', '')}"
+                cmd = [sys.executable, "-m", "gradflow_exp.train", "-m", *launcher, *SWEEP,
+                       f"trainer.epochs={epochs}", f"hydra.sweep.dir={out}"]
+                t = time.perf_counter()
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                times[name].append(time.perf_counter() - t)
+                if done.returncode != 0:
+                    raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return {name: {"wall_s": statistics.median(ts),
+                   "speedup": statistics.median(b / t for b, t in zip(times["basic"], ts))}
+            for name, ts in times.items()}
+
+
 def check_targets(res: dict) -> list[str]:
     lines = []
     for prob, r in res["problems"].items():
@@ -388,6 +420,10 @@ def check_targets(res: dict) -> list[str]:
                              f"(Adam itself {adam['ratio_sgd']:.2f}× SGD)")
     for prob, r in res.get("runner", {}).items():
         lines.append(_verdict(prob, "runner vs plain", r["ratio"], RUNNER_TARGET))
+    for name, v in res.get("sweep", {}).items():
+        if name != "basic":
+            lines.append(f"{'ok  ' if v['speedup'] >= SWEEP_TARGET else 'MISS'} fig7   sweep, {name:13s} "
+                         f"{v['speedup']:6.2f}× faster than basic (target ≥ {SWEEP_TARGET}×)")
     for m, v in res.get("own_loop", {}).items():
         target = OWN_LOOP_TARGETS.get(m.split(",")[0])
         if target is not None:
@@ -419,6 +455,8 @@ def main(argv=None) -> int:
     ap.add_argument("--replica-epochs", type=int, default=3, help="epochs per timed --replicas block")
     ap.add_argument("--own-loop", action="store_true",
                     help="also time SGD, SAV, RelSAV in a user's own loop on an nn.Sequential (autograd)")
+    ap.add_argument("--sweep-epochs", type=int, default=0,
+                    help="also time the README's fig7 sweep through each launcher, E epochs a job (0: skip)")
     ap.add_argument("--json", default="bench.json")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -501,6 +539,12 @@ def main(argv=None) -> int:
               f"({clock_for(device)[1]}):")
         for m, v in res["own_loop"].items():
             print(f"  {m:32s} {1e3 * v['step_s']:8.3f} ms/step {v['ratio_sgd']:6.2f}× SGD")
+    if args.sweep_epochs > 0:
+        print(f"\nthe README's fig7 sweep (8 jobs, {args.sweep_epochs} epochs, one thread a process), wall time "
+              "of the whole command:")
+        res["sweep"] = bench_sweep(args.sweep_epochs, max(1, args.repeats // 2))
+        for name, v in res["sweep"].items():
+            print(f"  {name:18s} {v['wall_s']:7.2f} s  {v['speedup']:5.2f}× basic")
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         res["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20

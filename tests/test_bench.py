@@ -34,3 +34,25 @@ def test_bench_replicas_reports_a_speedup(tmp_path, capsys):
         assert r["R"] == 2 and r["singles_s"] > 0 and r["batch_s"] > 0 and math.isfinite(r["speedup"])
     assert "replica batch vs single runs one after another" in capsys.readouterr().out
     assert main(["--replicas", "2", "--replica-methods", "ieq"]) == 2      # does not stack
+
+
+def test_bench_own_loop_times_the_optimizers_against_sgd(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["--problems", "fig7", "--methods", "sgd", "--repeats", "1", "--steps", "2", "--threads", "1",
+                 "--runner-epochs", "0", "--own-loop", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    own = res["own_loop"]
+    assert own["sgd"]["ratio_sgd"] == 1.0
+    assert {"sav", "relsav", "relsav, closure(backward=False)", "relsav, rhat_batch=next"} <= set(own)
+    assert all(v["step_s"] > 0 for v in own.values())
+    assert any(line.split()[1:3] == ["own", "loop"] and "sav" in line for line in res["targets"])
+
+
+def test_bench_sweep_runs_each_launcher(tmp_path):
+    """One round of the README's fig7 sweep, one epoch a job, through every launcher."""
+    out = tmp_path / "bench.json"
+    assert main(["--problems", "fig7", "--methods", "sgd", "--repeats", "1", "--steps", "1", "--threads", "1",
+                 "--runner-epochs", "0", "--sweep-epochs", "1", "--json", str(out)]) == 0
+    sweep = json.loads(out.read_text())["sweep"]
+    assert set(sweep) == {"basic", "batched", "batched, n_jobs=2"} and sweep["basic"]["speedup"] == 1.0
+    assert all(v["wall_s"] > 0 and math.isfinite(v["speedup"]) for v in sweep.values())
