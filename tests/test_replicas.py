@@ -153,6 +153,18 @@ def test_diverging_replica_is_marked_while_the_others_complete(tmp_path):
     assert set(runs[runs.method == "sgd lr=10"].status) == {"diverged"}
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "spm_sgd"])
+def test_torch_optimizers_with_per_replica_lr_follow_their_single_runs(optimizer, tmp_path):
+    """torch's optimizers stepped once over the stacked tensors at the largest lr, each
+    replica moved to its own (`PerReplicaLr`), SPM's perturbations around that included."""
+    overrides = TINY + [f"optimizer={optimizer}", "replicas.seeds=[0]", "replicas.lr=[0.01,0.003]"]
+    batch = _run(overrides, tmp_path / "batch")
+    assert batch["status"] == "completed"
+    for lr in ("0.01", "0.003"):
+        _run(TINY + [f"optimizer={optimizer}", "seed=0", f"optimizer.lr={lr}"], tmp_path / f"single_{lr}")
+        assert_same_trajectory(tmp_path / "batch" / f"seed_0-lr_{lr}", tmp_path / f"single_{lr}")
+
+
 def test_report_reads_replicas_as_seeds_and_a_rerun_skips_them(tmp_path):
     from gradflow_exp.report.load import load_runs
 

@@ -89,8 +89,7 @@ def build_replica_optimizer(nodes: list[DictConfig], params: list[torch.Tensor],
     """One optimizer over ``params`` (R models stacked, [R, …]) that is, for replica k, the
     optimizer ``nodes[k]`` builds for model k alone (`build_optimizer`): ours with
     ``replicas=R``, torch.optim's over the stacked tensors (`PerReplicaLr` where the lr
-    differs). The nodes may
-    differ only in Δt, C, λ, η and in SPM's seed."""
+    differs). The nodes may differ only in Δt, C, λ, η and in SPM's seed."""
     R = len(nodes)
     plain = [OmegaConf.to_container(n, resolve=True) for n in nodes]
     spms = [node.pop("spm", None) for node in plain]
