@@ -22,7 +22,7 @@ runner's loop, interleaved rounds, speedup = median over rounds of the ratio.
 Own loop (``--own-loop``): the package's optimizers as a torch user steps them, on a generic
 ``nn.Sequential`` (fig2's sizes: 40 → 1000 → 1, ReLU, batch 64) with autograd gradients and
 the standard closure (zero grads, forward, ``backward()``, return the loss), against
-``torch.optim.SGD`` in the same loop, interleaved. RelSAV is timed three ways: with that
+``torch.optim.SGD`` (torch's defaults, as a user builds it) in the same loop, interleaved. RelSAV is timed three ways: with that
 closure (its r̂ then costs a whole closure call, backward included), with a closure that
 also accepts ``backward=False`` (one forward), and with ``rhat_batch='next'`` (none).
 
@@ -267,11 +267,14 @@ def bench_runner(p: Problem, dtype, device, log_every: int, epochs: int, repeats
             "fixed_s": statistics.median(2 * a - b for a, b in zip(one, two))}
 
 
-def bench_replicas(p: Problem, R: int, method: str, dtype, device, epochs: int, repeats: int) -> dict:
+def bench_replicas(p: Problem, R: int, method: str, dtype, device, epochs: int, repeats: int,
+                   lrs: list[float] | None = None) -> dict:
     """R single runs one after another (`loop.train`, metrics.csv written, the problem's
     ``log_every``) against the same R runs as one replica batch (`loop.Stacked`: seeds
     0…R−1, each with its own data, initialisation and batch order), interleaved; the
-    speedup is the median over rounds of the single runs' time over the batch's time."""
+    speedup is the median over rounds of the single runs' time over the batch's time.
+    ``lrs``: replica k (and its single run) steps with ``lrs[k % len(lrs)]`` (a sweep over Δt
+    inside the batch) instead of one tiny lr for all."""
     import tempfile
 
     from gradflow_exp.loop import LoopConfig, OneModel, Run, Stacked, train
@@ -285,13 +288,14 @@ def bench_replicas(p: Problem, R: int, method: str, dtype, device, epochs: int, 
     if "restart" in opt_cfg and method == "sav":
         opt_cfg.restart = "epoch"           # as fig2 / fig7 run SAV (conf/method/fig*/sav.yaml)
     log_every = min(OmegaConf.load(CONF_DIR / "experiment" / f"{p.name}.yaml").trainer.log_every, epochs)
+    cfgs = [OmegaConf.merge(opt_cfg, {"lr": lrs[k % len(lrs)]}) if lrs else opt_cfg for k in range(R)]
     cfg = LoopConfig(epochs=epochs, batch_size=p.batch, log_every=log_every, progress=False)
     clock, _ = clock_for(device)
     single_t, batch_t = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(repeats + 1):       # round 0 is warm-up
             models = [make_model() for _, make_model in problems]
-            opts = [build_optimizer(opt_cfg, m) for m in models]
+            opts = [build_optimizer(cfgs[k], m) for k, m in enumerate(models)]
             sinks = [CSVSink(f"{tmp}/single_{s}.csv") for s in range(R)]
             t = clock()
             for s, ((data, _), model, opt, sink) in enumerate(zip(problems, models, opts, sinks)):
@@ -303,7 +307,7 @@ def bench_replicas(p: Problem, R: int, method: str, dtype, device, epochs: int, 
             sinks = [CSVSink(f"{tmp}/replica_{s}.csv") for s in range(R)]
             t = clock()
             trainee = Stacked(models, [d for d, _ in problems], loss_fn)
-            trainee.optimizer = build_replica_optimizer([opt_cfg] * R, list(trainee.params.values()), 1.0)
+            trainee.optimizer = build_replica_optimizer(cfgs, list(trainee.params.values()), 1.0)
             train(trainee, cfg, [Run(seed=s, sinks=[sink]) for s, sink in enumerate(sinks)])
             _sync(device)
             bt = clock() - t
@@ -453,6 +457,8 @@ def main(argv=None) -> int:
     ap.add_argument("--replica-methods", default="sgd,sav", help="methods for --replicas (any that stacks: not ieq, "
                                                                    "lamb, or spm_*, whose closure this bench lacks)")
     ap.add_argument("--replica-epochs", type=int, default=3, help="epochs per timed --replicas block")
+    ap.add_argument("--replica-lrs", default="", help="per-replica lr for --replicas, cycled (e.g. 0.01,0.1): "
+                                                        "a batch whose replicas differ in Δt")
     ap.add_argument("--own-loop", action="store_true",
                     help="also time SGD, SAV, RelSAV in a user's own loop on an nn.Sequential (autograd)")
     ap.add_argument("--sweep-epochs", type=int, default=0,
@@ -478,6 +484,14 @@ def main(argv=None) -> int:
     if bad := [m for m in rep_methods if m in ("ieq", "lamb") or m.startswith("spm_")
                or not (CONF_DIR / "optimizer" / f"{m}.yaml").exists()]:
         print(f"gradflow-bench: error: --replica-methods {bad}: not a method this bench stacks", file=sys.stderr)
+        return 2
+    try:
+        replica_lrs = [float(v) for v in args.replica_lrs.split(",")] if args.replica_lrs else None
+    except ValueError:
+        replica_lrs = [-1.0]
+    if replica_lrs and not all(0 < v < math.inf for v in replica_lrs):
+        print(f"gradflow-bench: error: --replica-lrs {args.replica_lrs!r}: positive numbers, comma-separated",
+              file=sys.stderr)
         return 2
     probs = [p.strip() for p in args.problems.split(",")]
     if bad := [p for p in probs if p not in PROBLEMS]:
@@ -529,7 +543,7 @@ def main(argv=None) -> int:
             res["replicas"][prob] = {}
             for m in rep_methods:
                 r = bench_replicas(PROBLEMS[prob], args.replicas, m, dtype, device, args.replica_epochs,
-                                   max(1, args.repeats // 2))
+                                   max(1, args.repeats // 2), lrs=replica_lrs)
                 res["replicas"][prob][m] = r
                 print(f"  {prob:6s} {m:7s} {args.replicas} single runs {r['singles_s']:.3f} s, one batch "
                       f"{r['batch_s']:.3f} s: {r['speedup']:.2f}× faster")

@@ -34,6 +34,11 @@ def test_bench_replicas_reports_a_speedup(tmp_path, capsys):
         assert r["R"] == 2 and r["singles_s"] > 0 and r["batch_s"] > 0 and math.isfinite(r["speedup"])
     assert "replica batch vs single runs one after another" in capsys.readouterr().out
     assert main(["--replicas", "2", "--replica-methods", "ieq"]) == 2      # does not stack
+    assert main(["--replicas", "2", "--replica-lrs", "0.1,x"]) == 2
+    assert main(["--problems", "fig7", "--methods", "sgd", "--repeats", "1", "--steps", "2", "--threads", "1",
+                 "--runner-epochs", "0", "--replicas", "2", "--replica-methods", "adam", "--replica-lrs", "0.01,0.1",
+                 "--replica-epochs", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["replicas"]["fig7"]["adam"]["batch_s"] > 0
 
 
 def test_bench_own_loop_times_the_optimizers_against_sgd(tmp_path):

@@ -142,13 +142,17 @@ def dot(xs, ys, host: bool = False, replicas: int | None = None) -> torch.Tensor
                    for x, y in zip(xs, ys))
     if not xs:
         return 0.0 if host else torch.zeros((), dtype=F64)
-    if xs[0].dtype == F64:      # one fused dot per tensor, no temporaries
+    if all(x.dtype == F64 for x in xs):      # one fused dot per tensor, no temporaries
         parts = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
-    else:
-        parts = [(x * y).sum(dtype=F64) for x, y in zip(xs, ys)]
+    else:   # float32 products (narrower dtypes widened first: their products are exact there)
+        parts = [(_f32(x) * _f32(y)).sum(dtype=F64) for x, y in zip(xs, ys)]
     if host:
         return _fsum([p.item() for p in parts])
     return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (F64, torch.float32) else x.float()
 
 
 def sqnorm(xs, host: bool = False) -> torch.Tensor | float:
@@ -156,7 +160,7 @@ def sqnorm(xs, host: bool = False) -> torch.Tensor | float:
     their squares are summed in float64. A float32 tensor's norm is accumulated in float32:
     2e-7 relative, about the rounding of a float32 gradient itself, where accumulating it in
     float64 would cost a fifth of a float32 SAV step on fig2's net (docs/speed.md)."""
-    if host and xs and xs[0].dtype in (F64, torch.float32):
+    if host and xs and all(x.dtype in (F64, torch.float32) for x in xs):
         return _fsum([n * n for n in (t.item() for t in torch._foreach_norm(xs))])
     return dot(xs, xs, host)
 

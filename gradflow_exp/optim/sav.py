@@ -78,8 +78,9 @@ restart are read from the first group.
 """
 from __future__ import annotations
 
-import functools
 import inspect
+import types
+import weakref
 
 import torch
 
@@ -104,26 +105,35 @@ def eval_no_grad(closure) -> torch.Tensor:
         return closure()
 
 
-_TAKES_BACKWARD: dict[object, bool] = {}
+_BY_CODE: dict[types.CodeType, bool] = {}
+_BY_CLASS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _takes_backward(closure) -> bool:
-    """Whether ``closure`` accepts ``backward=``; remembered per function body or closure
-    class (a loop makes a new closure every step, and ``inspect.signature`` costs about a
-    tenth of a fig7 step)."""
-    key = getattr(closure, "__code__", None)
-    if key is None and not isinstance(closure, functools.partial):
-        key = type(closure)
-    if key in _TAKES_BACKWARD:
-        return _TAKES_BACKWARD[key]
+    """Whether ``closure`` accepts ``backward=``. A loop makes a new closure every step and
+    ``inspect.signature`` costs about a tenth of a fig7 step, so the answer is remembered
+    for a plain function's body and for a Python class with its own ``__call__``; wrapped
+    callables (``functools.wraps``, ``partial``, ``lru_cache``, compiled or scripted
+    functions), whose signature is not their code's, are asked every time."""
+    if hasattr(closure, "__wrapped__") or hasattr(closure, "__signature__"):
+        return _accepts_backward(closure)
+    if isinstance(closure, (types.FunctionType, types.MethodType)):
+        cache, key = _BY_CODE, closure.__code__
+    elif inspect.isfunction(getattr(type(closure), "__call__", None)):
+        cache, key = _BY_CLASS, type(closure)
+    else:
+        return _accepts_backward(closure)
+    if key not in cache:
+        cache[key] = _accepts_backward(closure)
+    return cache[key]
+
+
+def _accepts_backward(closure) -> bool:
     try:
         params = inspect.signature(closure).parameters
     except (TypeError, ValueError):      # a builtin or C callable: call it plainly
-        params = {}
-    takes = "backward" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    if key is not None:
-        _TAKES_BACKWARD[key] = takes
-    return takes
+        return False
+    return "backward" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class _SAVCore(EnergyOptimizer):

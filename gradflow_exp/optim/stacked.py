@@ -29,7 +29,9 @@ class PerReplicaLr(Optimizer):
     """``make(params, lr)`` (a torch.optim class with its other hyperparameters) over
     ``stacked`` ([R, …] tensors), replica k stepping with ``lrs[k]``: see the module
     docstring. ``param_groups[0]["lr"]`` is the vector [R] of the replicas' lr, as in our
-    optimizers with ``replicas=R``."""
+    optimizers with ``replicas=R``. A replica whose step overflows holds nan where its single
+    run would hold inf (the loop calls both diverged); a replica's L·u overflows before its
+    lr_k·u only within a factor L/lr_k of the dtype's largest number."""
 
     def __init__(self, make, stacked: list[torch.Tensor], lrs: list[float]):
         self.unit = max(lrs)

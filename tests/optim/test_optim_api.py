@@ -291,3 +291,41 @@ def test_the_readmes_own_loop_example_runs_as_printed():
     assert type(ns["opt"]).__name__ == "RelSAV" and end < 0.9 * start
     energy = float(ns["diag"]["energy"])
     assert math.isfinite(energy) and energy <= start + 1.0      # r² ≤ r₀² = I(θ⁰) + C, C = 1
+
+
+def test_the_backward_keyword_is_read_from_each_closures_own_signature():
+    """RelSAV asks once per function body or closure class whether a closure takes
+    ``backward=``; wrappers that share one body (functools.wraps, partial) are asked each time."""
+    import functools
+
+    from gradflow_exp.optim.sav import _takes_backward
+
+    def wrap(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            return f(*args, **kwargs)
+        return wrapper
+
+    def with_kw(backward=True):
+        return backward
+
+    def without():
+        return 0
+
+    for _ in range(2):                                   # the second round reads the caches
+        assert _takes_backward(with_kw) and not _takes_backward(without)
+        assert _takes_backward(wrap(with_kw)) and not _takes_backward(wrap(without))
+        assert _takes_backward(functools.partial(lambda backward=True: backward))
+        assert not _takes_backward(functools.partial(lambda x: x, 1))
+        assert _takes_backward(lambda **kw: 0) and not _takes_backward(lambda: 0)
+
+    class Plain:
+        def __call__(self):
+            return 0
+
+    class Keyword:
+        def __call__(self, backward=True):
+            return 0
+
+    assert not _takes_backward(Plain()) and _takes_backward(Keyword()) and not _takes_backward(Plain())
+    assert _takes_backward(Keyword().__call__) and not _takes_backward(print)

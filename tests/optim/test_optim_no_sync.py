@@ -3,8 +3,9 @@ such read (``.item()``, ``float(t)``, ``if t:``, ``.tolist()``) waits for the de
 step must stay a chain of kernels, with the per-replica scalars (r, ξ, the step sizes)
 as tensors [R].
 
-On CPU the reads are caught by making them raise while the steps run (after a first step,
-which may set up state); on CUDA, `torch.cuda.set_sync_debug_mode("error")` catches every
+On CPU the reads from Python are caught by making them raise while the steps run (after a
+first step, which may set up state); syncs inside C++ ops (boolean-mask indexing,
+``nonzero``) are not, and on CUDA `torch.cuda.set_sync_debug_mode("error")` catches every
 synchronising call (skipped without a GPU)."""
 import contextlib
 
@@ -14,6 +15,7 @@ import torch
 from gradflow_exp.losses import MSELoss
 from gradflow_exp.models import TwoLayerNet
 from gradflow_exp.optim import SPM, ReplicaClosure
+from gradflow_exp.optim.stacked import PerReplicaLr
 from optim_testlib import METHODS, regression_data
 
 R = 3
@@ -95,8 +97,28 @@ def test_spm_over_a_replica_batch_reads_nothing_back_to_the_host(name, monkeypat
     else:
         opt = _optimizer(name, stacked, spm=True)
     _steps(opt, closure, 0, 1)
+    before = [p.clone() for p in stacked.values()]
     with no_host_reads(monkeypatch):
         _steps(opt, closure, 1, 6)
+    assert all(not torch.equal(a, b) for a, b in zip(before, stacked.values()))     # it stepped
+
+
+def _torch_per_replica_lr(cls, stacked, **kw):
+    """torch's optimizer over the stacked tensors, each replica its own lr (`PerReplicaLr`)."""
+    return PerReplicaLr(lambda ps, lr: cls(ps, lr=lr, foreach=False, **kw), list(stacked.values()),
+                        [0.1, 0.05, 0.02])
+
+
+def test_torch_sgd_with_per_replica_lr_reads_nothing_back_to_the_host(monkeypatch):
+    """(torch's Adam reads its step count with ``.item()``: a CPU tensor, so no device sync,
+    but this guard cannot tell; it runs in the CUDA test below.)"""
+    stacked, closure = _batch("cpu")
+    opt = _torch_per_replica_lr(torch.optim.SGD, stacked, momentum=0.9)
+    _steps(opt, closure, 0, 1)
+    before = [p.clone() for p in stacked.values()]
+    with no_host_reads(monkeypatch):
+        _steps(opt, closure, 1, 6)
+    assert all(not torch.equal(a, b) for a, b in zip(before, stacked.values()))
 
 
 def test_the_guard_catches_a_host_read(monkeypatch):
@@ -109,10 +131,14 @@ def test_the_guard_catches_a_host_read(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", REPLICABLE)
+@pytest.mark.parametrize("name", REPLICABLE + ["torch_sgd", "torch_adam"])
 def test_on_cuda_a_replica_step_never_synchronises(name):
     stacked, closure = _batch("cuda")
-    opt = _optimizer(name, stacked)
+    if name.startswith("torch_"):
+        cls = torch.optim.SGD if name == "torch_sgd" else torch.optim.Adam
+        opt = _torch_per_replica_lr(cls, stacked)
+    else:
+        opt = _optimizer(name, stacked)
     _steps(opt, closure, 0, 1)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
