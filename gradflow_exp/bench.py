@@ -22,9 +22,10 @@ runner's loop, interleaved rounds, speedup = median over rounds of the ratio.
 Own loop (``--own-loop``): the package's optimizers as a torch user steps them, on a generic
 ``nn.Sequential`` (fig2's sizes: 40 → 1000 → 1, ReLU, batch 64) with autograd gradients and
 the standard closure (zero grads, forward, ``backward()``, return the loss), against
-``torch.optim.SGD`` (torch's defaults, as a user builds it) in the same loop, interleaved. RelSAV is timed three ways: with that
-closure (its r̂ then costs a whole closure call, backward included), with a closure that
-also accepts ``backward=False`` (one forward), and with ``rhat_batch='next'`` (none).
+``torch.optim.SGD`` (torch's defaults, as a user builds it) in the same loop, interleaved.
+RelSAV is timed three ways: with that closure (its r̂ then costs a whole closure call,
+backward included), with a closure that also accepts ``backward=False`` (one forward), and
+with ``rhat_batch='next'`` (none).
 
 Sweeps (``--sweep-epochs E``): the README's fig7 sweep (8 jobs: SGD and Adam × two lr ×
 two seeds, E epochs, one thread a process) as whole ``gradflow-train -m`` commands, through
@@ -146,6 +147,21 @@ def state_bytes(opt) -> int:
     return total
 
 
+def time_interleaved(runs: dict, run_steps, repeats: int, steps: int, device) -> dict[str, list[float]]:
+    """Seconds a step of each run, ``repeats`` rounds of ``run_steps(*runs[m], steps)`` for
+    every m in turn (interleaved: each round sees the same load), after a warm-up."""
+    clock, _ = clock_for(device)
+    times = {m: [] for m in runs}
+    for m in runs:                           # warm-up (allocations, first-call overheads)
+        run_steps(*runs[m], 2)
+    for _ in range(repeats):
+        for m in runs:
+            t = clock()
+            run_steps(*runs[m], steps)
+            times[m].append((clock() - t) / steps)
+    return times
+
+
 def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
     data, make_model = build_problem(p, dtype, device)
     loss_fn = build_loss("cross_entropy" if p.dataset == "mnist" else "mse")
@@ -172,15 +188,7 @@ def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
             opt.step(BatchClosure(model, loss_fn, data.x_train[idx], data.y_train[idx]))
         _sync(device)
 
-    clock, _ = clock_for(device)
-    times = {m: [] for m in methods}
-    for m in methods:                        # warm-up (allocations, first-call overheads)
-        run_steps(*runs[m], 2)
-    for _ in range(repeats):
-        for m in methods:                    # interleaved: each round sees the same load
-            t = clock()
-            run_steps(*runs[m], steps)
-            times[m].append((clock() - t) / steps)
+    times = time_interleaved(runs, run_steps, repeats, steps, device)
     sgd = statistics.median(times["sgd"])
     flops = model_flops(runs["sgd"][0], bs)
     out = {"batch": bs, "steps_per_epoch": n_batches, "flops_per_step": flops,
@@ -348,33 +356,23 @@ def bench_own_loop(dtype, device, repeats: int, steps: int) -> dict:
     def run_steps(model, opt, forward_only_ok, k):
         for b in range(k):
             x, y = batches[b % len(batches)]
-            if forward_only_ok:
-                def closure(backward=True):
-                    if not backward:
-                        with torch.no_grad():
-                            return torch.nn.functional.mse_loss(model(x), y)
-                    opt.zero_grad()
-                    loss = torch.nn.functional.mse_loss(model(x), y)
-                    loss.backward()
-                    return loss
-            else:
-                def closure():
-                    opt.zero_grad()
-                    loss = torch.nn.functional.mse_loss(model(x), y)
-                    loss.backward()
-                    return loss
-            opt.step(closure)
+
+            def closure():
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                return loss
+
+            def forward_only_too(backward=True):
+                if backward:
+                    return closure()
+                with torch.no_grad():
+                    return torch.nn.functional.mse_loss(model(x), y)
+
+            opt.step(forward_only_too if forward_only_ok else closure)
         _sync(device)
 
-    clock, _ = clock_for(device)
-    times = {m: [] for m in runs}
-    for m in runs:
-        run_steps(*runs[m], 2)
-    for _ in range(repeats):
-        for m in runs:
-            t = clock()
-            run_steps(*runs[m], steps)
-            times[m].append((clock() - t) / steps)
+    times = time_interleaved(runs, run_steps, repeats, steps, device)
     return {m: {"step_s": statistics.median(ts),
                 "ratio_sgd": statistics.median(t / s for t, s in zip(ts, times["sgd"]))}
             for m, ts in times.items()}

@@ -79,8 +79,9 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, time_scale: float =
 
 # torch.optim classes whose update is element-wise (with a shared step count): over R stacked
 # models they are R independent optimizers. Each is also linear in lr with an lr-free state,
-# which `PerReplicaLr` (replicas that differ in lr) relies on. LAMB's trust ratio, full-Jacobian IEQ's batch
-# solve and L-BFGS mix the entries of a parameter, so stacked replicas would not be.
+# which `PerReplicaLr` (replicas that differ in lr) relies on. LAMB's trust ratio,
+# full-Jacobian IEQ's batch solve and L-BFGS mix the entries of a parameter, so stacked
+# replicas would not be.
 ELEMENTWISE = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.NAdam",
                "torch.optim.Adagrad", "torch.optim.RMSprop")
 NOT_REPLICABLE = ("gradflow_exp.optim.IEQ",)

@@ -35,8 +35,7 @@ class PerReplicaLr(Optimizer):
 
     def __init__(self, make, stacked: list[torch.Tensor], lrs: list[float]):
         self.unit = max(lrs)
-        inner = make(stacked, self.unit)
-        self.__dict__["inner"] = inner
+        self.inner = inner = make(stacked, self.unit)
         self.stacked, self.replicas, self.defaults = stacked, len(lrs), inner.defaults
         group = {k: v for k, v in inner.param_groups[0].items() if k != "lr"}
         self.param_groups = [{**group, "lr": torch.tensor(lrs, dtype=F64, device=stacked[0].device)}]
