@@ -213,18 +213,24 @@ def changes(saved: dict, new: dict, skip=MAY_DIFFER) -> list[tuple[str, object, 
 
 def default_of(key: str, config: dict):
     """A key's value when a config lacks it: the schema's default, or, for an optimizer
-    hyperparameter, the default of that optimizer's constructor (else missing)."""
+    hyperparameter, what that optimizer ran with before the key existed (its
+    ``legacy_defaults``) or else its constructor's default (else missing)."""
     table = defaults()
     if key in table:
         return table[key]
     target = (config.get("optimizer") or {}).get("_target_")
     if key.startswith("optimizer.") and key.count(".") == 1 and target:
+        name = key.split(".")[1]
         try:
             import hydra.utils
 
-            param = inspect.signature(hydra.utils.get_class(target).__init__).parameters.get(key.split(".")[1])
+            cls = hydra.utils.get_class(target)
+            param = inspect.signature(cls.__init__).parameters.get(name)
         except Exception:  # noqa: BLE001 - an unknown class: no default
-            param = None
+            cls, param = None, None
+        legacy = getattr(cls, "legacy_defaults", {})
+        if name in legacy:
+            return legacy[name]
         if param is not None and param.default is not inspect.Parameter.empty:
             return param.default
     return _MISSING

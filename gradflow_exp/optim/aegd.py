@@ -20,41 +20,45 @@ from __future__ import annotations
 
 import torch
 
-from gradflow_exp.optim.base import (
-    F64, RESTARTS, EnergyOptimizer, add_, check_C, check_choice, check_lr, check_time_scale, div,
-    grads_of, mul_, s_sqrt,
-)
+from gradflow_exp.optim.base import F64, EnergyOptimizer, add_, div, mul_, s_sqrt
 
 
 class AEGD(EnergyOptimizer):
     """Adaptive gradient descent with energy; see the module docstring."""
 
     diagnostic_keys = ("energy", "r", "r_hat", "q", "eff_step")
+    whole_model_keys = ("C", "restart")     # √(I + c) is the whole model's loss
 
     def __init__(self, params, lr: float = 0.1, C: float = 1.0, restart: str = "none",
                  time_scale: float = 1.0, replicas: int | None = None):
-        super().__init__(params, dict(lr=check_lr(lr), C=check_C(C),
-                                      restart=check_choice("restart", restart, RESTARTS),
-                                      time_scale=check_time_scale(time_scale)), replicas)
+        super().__init__(params, dict(lr=lr, C=C, restart=restart, time_scale=time_scale), replicas)
 
     @torch.no_grad()
-    def step(self, closure=None):
-        loss, I = self._loss_and_grad(closure)
+    def step(self, closure=None, loss=None):
+        """One step. ``closure``: zero the grads, forward, backward, return the loss; or,
+        after your own ``loss.backward()``, ``loss=loss``."""
+        evaluated = self._evaluate(closure, loss)
+        if evaluated is None:
+            return None
+        out, I = evaluated
         anchor = self._anchor()
         sqrtE = s_sqrt(I + self.param_groups[0]["C"])     # √(I(θⁿ)+c)
         restart = self._take_restart()
         for group in self.param_groups:
-            params, grads = grads_of(group)
+            owners, params, grads = self._grads(group)
             if not params:
                 continue
-            ek = group["lr"] * group["time_scale"]        # ηK
+            ek = self._lr(group) * group["time_scale"]    # ηK
             rs = []
-            for p in params:
+            for p in owners:
                 st = self.state[p]
-                if restart or "r" not in st:
+                fresh = restart or "r" not in st
+                if fresh:
                     st["r"] = torch.zeros_like(p)
-                    add_([st["r"]], sqrtE)                   # r_i = √(I+c)
-                rs.append(st["r"])
+                r = torch.view_as_real(st["r"]) if p.is_complex() else st["r"]   # one r_i per real entry
+                if fresh:
+                    add_([r], sqrtE)                         # r_i = √(I+c)
+                rs.append(r)
             v = div(grads, 2 * sqrtE)                        # v = g/(2√(I+c))
             den = torch._foreach_mul(v, v)
             mul_(den, 2 * ek)
@@ -63,7 +67,7 @@ class AEGD(EnergyOptimizer):
             torch._foreach_mul_(v, rs)
             self._axpy(params, v, -2 * ek)                   # θ ← θ − 2ηK r v
         self._put(anchor, "r_hat", sqrtE)
-        return loss
+        return out
 
     def diagnostics(self):
         anchor = self._anchor()
@@ -79,6 +83,7 @@ class AEGD(EnergyOptimizer):
             for p in group["params"]:
                 r = self.state[p].get("r")
                 if r is not None:
+                    r = torch.view_as_real(r) if r.is_complex() else r
                     flat = r.reshape(rows, -1) if self.replicas else r.reshape(-1)
                     sq = sq + flat.pow(2).sum(-1, dtype=F64)
                     lin = lin + flat.sum(-1, dtype=F64)

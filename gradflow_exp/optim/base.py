@@ -31,7 +31,10 @@ count, a restart) stay 0-d.
 """
 from __future__ import annotations
 
+import inspect
 import math
+import types
+import weakref
 from itertools import chain
 
 import torch
@@ -43,25 +46,17 @@ PER_REPLICA = ("lr", "C", "lam", "eta")      # hyperparameters that may differ b
 
 
 # --------------------------------------------------------------------------- validation
-def _each(check):
-    """A check of one value that also checks each of R values (per-replica hyperparameters)."""
-    def checked(value):
-        if isinstance(value, (list, tuple)) or (isinstance(value, torch.Tensor) and value.dim() > 0):
-            return [check(v) for v in (value.tolist() if isinstance(value, torch.Tensor) else value)]
-        return check(value)
-    checked.__name__, checked.__doc__ = check.__name__, check.__doc__
-    return checked
+RHAT_BATCHES = ("next", "same")
+SECOND_MOMENTS = ("elementwise", "scalar")
 
 
-@_each
 def check_lr(lr) -> float:
     lr = float(lr)
-    if not lr > 0:  # also rejects NaN
-        raise ValueError(f"lr (Δt) must be positive, got {lr}")
+    if not lr >= 0:  # also rejects NaN; 0 is allowed, as torch.optim allows it (a warm-up from 0)
+        raise ValueError(f"lr (Δt) must be non-negative, got {lr}")
     return lr
 
 
-@_each
 def check_C(C) -> float:
     C = float(C)
     if not C > 0:
@@ -69,7 +64,6 @@ def check_C(C) -> float:
     return C
 
 
-@_each
 def check_lam(lam) -> float:
     lam = float(lam)
     if not lam >= 0:
@@ -77,7 +71,6 @@ def check_lam(lam) -> float:
     return lam
 
 
-@_each
 def check_eta(eta) -> float:
     eta = float(eta)
     if not 0.0 <= eta <= 1.0:
@@ -119,21 +112,19 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
-def require_closure(closure, name: str):
-    if closure is None:
-        raise ValueError(
-            f"{name}.step() needs a closure: it evaluates the loss (and, for some methods, "
-            "the loss again after the update); pass e.g. gradflow_exp.optim.BatchClosure"
-        )
-    return closure
+def _choice(name: str, choices):
+    return lambda value: check_choice(name, value, choices)
+
+
+# every hyperparameter of this package's optimizers and its check, applied to the defaults and to
+# every param group (`EnergyOptimizer._check_group`)
+CHECKS = {"lr": check_lr, "C": check_C, "lam": check_lam, "eta": check_eta, "betas": check_betas,
+          "eps": check_eps, "time_scale": check_time_scale, "restart": _choice("restart", RESTARTS),
+          "rhat_batch": _choice("rhat_batch", RHAT_BATCHES),
+          "second_moment": _choice("second_moment", SECOND_MOMENTS)}
 
 
 # ----------------------------------------------------------------------- vector helpers
-def grads_of(group) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    params = [p for p in group["params"] if p.grad is not None]
-    return params, [p.grad for p in params]
-
-
 def dot(xs, ys, host: bool = False, replicas: int | None = None) -> torch.Tensor | float:
     """Σ_i ⟨x_i, y_i⟩ accumulated in float64: a 0-d tensor (no host sync), or with
     ``host=True`` a Python float; with ``replicas`` one sum per replica (dimension 0), [R]."""
@@ -278,59 +269,213 @@ def s_ratio_if(cond_num, num, den):
     return torch.where(cond_num, num / torch.where(cond_num, den, 1.0), torch.zeros_like(num))
 
 
+# ------------------------------------------------------------------ closures and copies
+def takes_backward(closure) -> bool:
+    """Whether ``closure`` can evaluate the loss without a backward pass,
+    ``closure(backward=False)`` (a relaxed method's r̂^{n+1} with ``rhat_batch='same'``).
+    This package's closures say so in a class attribute; any other callable is asked for
+    its signature."""
+    declared = getattr(closure, "takes_backward", None)
+    return declared if isinstance(declared, bool) else _signature_takes_backward(closure)
+
+
+def require_forward_only(closure, name: str) -> None:
+    """A relaxed method with ``rhat_batch='same'`` evaluates I(θ^{n+1}) on the step's batch
+    by ``closure(backward=False)``; it never calls a closure a second time for it."""
+    if not takes_backward(closure):
+        raise ValueError(
+            f"{name} with rhat_batch='same' evaluates the loss at the new point by closure(backward=False), "
+            "and this step has no closure that can (a standard closure, or loss=): use rhat_batch='next' (the "
+            "default; on a full batch the same scheme) or a closure with a backward keyword, such as "
+            "gradflow_exp.optim.BatchClosure")
+
+
+_BY_CODE: dict[types.CodeType, bool] = {}
+_BY_CLASS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@torch.compiler.disable
+def _signature_takes_backward(closure) -> bool:
+    """A loop makes a new closure every step and ``inspect.signature`` costs about a tenth
+    of a fig7 step, so the answer is remembered for a plain function's body and for a
+    Python class with its own ``__call__``; wrapped callables (``functools.wraps``,
+    ``partial``, ``lru_cache``, compiled or scripted functions), whose signature is not
+    their code's, are asked every time. (Not traced by torch.compile: a guard cannot name a
+    code object.)"""
+    if hasattr(closure, "__wrapped__") or hasattr(closure, "__signature__"):
+        return _accepts_backward(closure)
+    if isinstance(closure, (types.FunctionType, types.MethodType)):
+        cache, key = _BY_CODE, closure.__code__
+    elif inspect.isfunction(getattr(type(closure), "__call__", None)):
+        cache, key = _BY_CLASS, type(closure)
+    else:
+        return _accepts_backward(closure)
+    if key not in cache:
+        cache[key] = _accepts_backward(closure)
+    return cache[key]
+
+
+def _accepts_backward(closure) -> bool:
+    try:
+        params = inspect.signature(closure).parameters
+    except (TypeError, ValueError):      # a builtin or C callable: call it plainly
+        return False
+    return "backward" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def public_attributes(opt) -> dict:
+    """An optimizer's public attributes, for ``__getstate__``: torch.optim.Optimizer's
+    pickles only defaults, state and param_groups, and a copy without the rest fails at its
+    next step."""
+    return {k: v for k, v in opt.__dict__.items() if not k.startswith("_")}
+
+
 # ------------------------------------------------------------------------- base class
 class EnergyOptimizer(Optimizer):
     """Base of this package's optimizers (not used directly).
 
-    Subclasses set ``diagnostic_keys`` and write ``self._set_diagnostics(...)`` in step.
+    Subclasses set ``diagnostic_keys`` and write ``self._set_diagnostics(...)`` in step;
+    ``whole_model_keys`` names the hyperparameters that are one value for the whole
+    optimizer (its auxiliary variable is one number for the whole model), which every param
+    group must share.
     """
 
     diagnostic_keys: tuple[str, ...] = ()
-
-    _CHECKS = {"lr": check_lr, "C": check_C, "lam": check_lam, "eta": check_eta,
-               "betas": check_betas, "eps": check_eps, "time_scale": check_time_scale}
+    whole_model_keys: tuple[str, ...] = ()
+    supports_complex = True
+    # what a state dict (or a run's record) that lacks a hyperparameter ran with: the value
+    # before the key existed, where that is not the constructor's default
+    legacy_defaults: dict = {}
 
     def __init__(self, params, defaults: dict, replicas: int | None = None):
         if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1):
             raise ValueError(f"replicas must be a positive integer (the leading dimension of every parameter), "
                              f"got {replicas!r}")
         self.replicas = replicas
-        super().__init__(params, defaults)
+        super().__init__(params, {k: self._checked(k, v) for k, v in defaults.items()})
 
+    def __getstate__(self) -> dict:
+        """torch.optim.Optimizer pickles only defaults, state and param_groups; the public
+        attributes (``replicas``) travel too, so a deep copy or an unpickled optimizer steps."""
+        return {**super().__getstate__(), **public_attributes(self)}
+
+    # -- param groups
     def add_param_group(self, param_group: dict) -> None:
-        """As torch's, with the same hyperparameter validation as ``__init__``; with
-        replicas, a parameter's leading dimension must be R, and ``lr``, ``C``, ``lam``,
-        ``eta`` may be R values (kept as a float64 vector [R])."""
-        full = {**self.defaults, **param_group}
-        R = self.replicas
-        params = list(param_group["params"]) if not isinstance(param_group["params"], torch.Tensor) \
-            else [param_group["params"]]
-        for key, check in self._CHECKS.items():
-            if key not in full:
-                continue
-            value = full[key]
-            if key in PER_REPLICA and isinstance(value, (list, tuple, torch.Tensor)):
-                values = value.tolist() if isinstance(value, torch.Tensor) else list(value)
-                if R is None or len(values) != R:
-                    raise ValueError(f"{key} has {len(values)} values; one per replica needs replicas={len(values)}")
-                param_group[key] = torch.tensor([check(v) for v in values], dtype=F64,
-                                                device=params[0].device if params else None)
-            elif key in param_group or (R is not None and key in PER_REPLICA):
-                param_group[key] = check(value)
-        if R is not None:
-            for p in params:
-                if p.dim() == 0 or p.shape[0] != R:
-                    raise ValueError(f"with replicas={R} every parameter needs a leading dimension of {R} "
-                                     f"(R models stacked), got shape {tuple(p.shape)}")
+        """As torch's (which first turns a generator, a tensor or named parameters into a
+        list), then every hyperparameter of the group is validated as in ``__init__``: a
+        tensor ``lr`` of one element stays a tensor; with replicas, ``lr``, ``C``, ``lam``,
+        ``eta`` may be R values (kept as a float64 vector [R]) and every parameter needs a
+        leading dimension R. A ``whole_model_keys`` value that differs from the first
+        group's is refused: the method could not honour it."""
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group, len(self.param_groups) - 1)
+        except BaseException:
+            self.param_groups.pop()
+            raise
 
-    def _loss_and_grad(self, closure) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """Evaluate the closure (grads into ``p.grad``): the loss as returned, and I(θⁿ) as
-        a scalar (`_scalar`) for the energy bookkeeping."""
-        require_closure(closure, type(self).__name__)
-        with torch.enable_grad():
-            loss = closure()
-        return loss, self._scalar(loss)
+    def _check_group(self, group: dict, index: int) -> None:
+        params = group["params"]
+        device = params[0].device if params else None
+        for key in CHECKS:
+            if key in group:
+                group[key] = self._checked(key, group[key], device)
+        if self.replicas is not None:
+            for p in params:
+                if p.dim() == 0 or p.shape[0] != self.replicas:
+                    raise ValueError(f"with replicas={self.replicas} every parameter needs a leading dimension of "
+                                     f"{self.replicas} (R models stacked), got shape {tuple(p.shape)}")
+        if not self.supports_complex and any(p.is_complex() for p in params):
+            raise ValueError(f"{type(self).__name__} does not support complex parameters")
+        if index > 0:
+            self._check_whole_model(group, index)
+
+    def _check_whole_model(self, group: dict, index: int) -> None:
+        first = self.param_groups[0]
+        for key in self.whole_model_keys:
+            a, b = group.get(key), first.get(key)
+            same = torch.equal(a, b) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) else a == b
+            if not same:
+                raise ValueError(
+                    f"{type(self).__name__}: {key} is one value for the whole optimizer (its auxiliary variable is "
+                    f"one number for the whole model), but param group {index} has {key}={a!r} and group 0 "
+                    f"{key}={b!r}; set {key} once, for all groups")
+
+    def _check_groups_agree(self) -> None:
+        """At a step: the whole-model values still agree (a loop may have written one group's)."""
+        for i, group in enumerate(self.param_groups[1:], 1):
+            self._check_whole_model(group, i)
+
+    def _checked(self, key: str, value, device=None):
+        """``value`` of hyperparameter ``key`` validated (`CHECKS`); R values of a
+        per-replica one as a float64 vector [R] on ``device``."""
+        check = CHECKS.get(key)
+        if check is None:
+            return value
+        if key in PER_REPLICA:
+            tensor = isinstance(value, torch.Tensor)
+            many = isinstance(value, (list, tuple)) or (tensor and value.numel() != 1)
+            if many or (tensor and self.replicas is not None and value.dim() > 0):
+                values = value.reshape(-1).tolist() if tensor else list(value)
+                if self.replicas is None:
+                    raise ValueError(f"Tensor {key} must be 1-element" if tensor else
+                                     f"{key} has {len(values)} values; one per replica needs replicas={len(values)}")
+                if len(values) != self.replicas:
+                    raise ValueError(f"{key} has {len(values)} values; replicas={self.replicas} needs one per replica")
+                return torch.tensor([check(v) for v in values], dtype=F64, device=device)
+            if tensor and key == "lr" and self.replicas is None:
+                check(value)       # a tensor lr stays a tensor: a scheduler fills it in place
+                return value
+        return check(value)
+
+    def _lr(self, group):
+        """The group's Δt as this optimizer's scalar (a tensor lr read as one)."""
+        lr = group["lr"]
+        return self._scalar(lr) if isinstance(lr, torch.Tensor) and self.replicas is None else lr
+
+    def _grads(self, group) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """(the group's parameters that have a gradient, the same as real tensors, their
+        gradients as real tensors): a complex parameter is updated through
+        ``torch.view_as_real``, so every inner product is the real one, Σ Re(x̄ y), and
+        ‖g‖² = Σ|g|². Sparse gradients are refused, as torch.optim.Adam refuses them."""
+        owners = [p for p in group["params"] if p.grad is not None]
+        params, grads = owners, [p.grad for p in owners]
+        for p, g in zip(owners, grads):
+            if g.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            if p.is_complex():
+                params = [torch.view_as_real(q) if q.is_complex() else q for q in owners]
+                grads = [torch.view_as_real(h) if h.is_complex() else h for h in grads]
+                break
+        return owners, params, grads
+
+    # -- what a step works from
+    def _evaluate(self, closure, loss):
+        """Run the step's closure, if any, and return (what ``step`` returns, I(θⁿ) as this
+        optimizer's scalar), or None where there is nothing to step on: the closure returned
+        None and left no gradient (a training step that skips its batch, as Lightning's does).
+
+        The loss comes from ``loss=`` (the standard loop: the user's ``loss.backward()``
+        has filled the gradients) or from what the closure returns; ``step(loss)``, a tensor
+        in the closure's place, is read as ``loss=``."""
+        if len(self.param_groups) > 1:
+            self._check_groups_agree()
+        if isinstance(closure, torch.Tensor) and loss is None:
+            closure, loss = None, closure
+        result = None
+        if closure is not None:
+            with torch.enable_grad():
+                result = closure()
+        value = result if loss is None else loss
+        if value is None:
+            if closure is not None and not any(p.grad is not None for g in self.param_groups for p in g["params"]):
+                return None
+            said = "its closure returned None" if closure is not None else "it was given neither"
+            raise ValueError(
+                f"{type(self).__name__}.step() needs the loss of the step's batch ({said}): after "
+                "loss.backward() call opt.step(loss=loss), or pass a closure that returns the loss")
+        return (result if closure is not None else loss), self._scalar(value)
 
     # -- scalars (see the module docstring)
     @property
@@ -343,8 +488,8 @@ class EnergyOptimizer(Optimizer):
         a Python float on CPU, a 0-d float64 tensor on its device otherwise; with replicas,
         a per-replica value (the losses) as a vector [R], a shared one 0-d."""
         device = self.param_groups[0]["params"][0].device
-        if self._host:
-            return float(x)
+        if self._host:     # .item(): a loss that requires grad is read without a warning
+            return x.item() if isinstance(x, torch.Tensor) else float(x)
         if isinstance(x, torch.Tensor):
             x = x.detach().to(device=device, dtype=F64)
             return x.reshape(-1) if self.replicas is not None and x.dim() >= 1 else x.reshape(())
@@ -424,8 +569,12 @@ class EnergyOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's, but 0-d state tensors keep their saved dtype (float64 energies) and
         every state tensor is copied, so the loaded optimizer shares no storage with
-        ``state_dict``."""
+        ``state_dict``. A group saved before one of the hyperparameters existed gets the
+        value it ran with (``legacy_defaults``, else the default)."""
         super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for key in CHECKS.keys() & self.defaults.keys():
+                group.setdefault(key, self.legacy_defaults.get(key, self.defaults[key]))
         id_map = dict(zip(
             chain.from_iterable(g["params"] for g in state_dict["param_groups"]),
             chain.from_iterable(g["params"] for g in self.param_groups),

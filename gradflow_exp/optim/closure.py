@@ -30,6 +30,8 @@ from gradflow_exp.losses import MSELoss
 
 
 class BatchClosure:
+    takes_backward = True          # closure(backward=False): the loss alone, one forward pass
+
     def __init__(self, model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor):
         self.model = model
         self.loss_fn = loss_fn
@@ -51,11 +53,13 @@ class BatchClosure:
         if self._manual:
             with torch.no_grad():
                 return self.model.mse_loss_and_grad(self.x, self.y)
+        params = self.params
         with torch.enable_grad():
-            for p in self.params.values():
+            for p in params.values():
                 p.grad = None
             loss = self._loss(self.model(self.x))
-            loss.backward()
+            if params:                   # a model with every parameter frozen has nothing to differentiate
+                loss.backward()
         return loss.detach()
 
     def _loss(self, pred: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -102,6 +106,8 @@ class ReplicaClosure:
     with the replica dimension written out), so replica k computes what `BatchClosure`
     computes for model k, to rounding.
     """
+
+    takes_backward = True
 
     def __init__(self, model: torch.nn.Module, loss_fn, params: dict[str, torch.Tensor], x: torch.Tensor,
                  y: torch.Tensor):

@@ -32,15 +32,18 @@ Since the factor is ≤ 1/a, even a stale r ≫ r̂ gives ⟨g, Δθ⟩ ≥ −C
 drops by at most C per step. ρ depends on exp((s − I)/C): choose C on the scale of the
 batch-to-batch loss noise.
 
-RelExpSAV (relaxation in log space, paper form: ξ on r̃). After the step, ŝ = I(θ^{n+1})/C
-on the same batch (one forward, ``closure(backward=False)``). r^{n+1} = ξ₀ r̃ + (1−ξ₀) r̂
-with ξ₀ the smallest ξ ∈ [0,1] such that
+RelExpSAV (relaxation in log space, paper form: ξ on r̃). ŝ = I(θ^{n+1})/C is, with
+``rhat_batch='next'`` (default), the next step's loss at θ^{n+1} on its batch: the relaxation
+is applied at the start of that step, no extra forward pass, and on a full batch this is the
+same number, hence the same scheme; with ``'same'``, the step's own batch, evaluated by
+``closure(backward=False)`` (one forward; the closure is never called twice).
+r^{n+1} = ξ₀ r̃ + (1−ξ₀) r̂ with ξ₀ the smallest ξ ∈ [0,1] such that
 
     log r^{n+1} ≤ s̃ + η (sⁿ − s̃)      (give back at most a fraction η of this step's decrease)
 
 which gives, in closed form, s^{n+1} = min(ŝ, s̃ + η(sⁿ − s̃)) and
 ξ₀ = expm1(s^{n+1} − ŝ)/expm1(s̃ − ŝ) when ŝ > s̃ (else 0). Energy: s^{n+1} − sⁿ ≤
-−(1−η) log(1 + ΔtKρⁿS/C) ≤ 0. (Seed 001 §2.4/Thm 2.6 uses r − r̂ ≤ η‖Δθ‖/Δt, which mixes
+−(1−η) log(1 + ΔtKρⁿS/C) ≤ 0, whichever batch ŝ is on. (Seed 001 §2.4/Thm 2.6 uses r − r̂ ≤ η‖Δθ‖/Δt, which mixes
 units and does not imply r^{n+1} ≤ rⁿ.)
 
 ``restart='epoch'``: the step after ``epoch_start()`` uses sⁿ = Iⁿ/C (ρ = 1); the
@@ -55,11 +58,8 @@ from __future__ import annotations
 import torch
 
 from gradflow_exp.optim.base import (
-    RESTARTS, EnergyOptimizer, check_C, check_choice, check_eta, check_lam, check_lr,
-    check_time_scale, grads_of, s_clamp, s_exp, s_expm1, s_log, s_logaddexp, s_min,
-    s_ratio_if,
+    EnergyOptimizer, require_forward_only, s_clamp, s_exp, s_expm1, s_log, s_logaddexp, s_min, s_ratio_if,
 )
-from gradflow_exp.optim.sav import eval_no_grad
 
 
 class ExpSAV(EnergyOptimizer):
@@ -68,34 +68,56 @@ class ExpSAV(EnergyOptimizer):
 
     relax = False
     diagnostic_keys = ("energy", "q", "eff_step")
+    whole_model_keys = ("C", "eta", "restart", "rhat_batch")    # log r is one number for the whole model
+    legacy_defaults = {"rhat_batch": "same"}    # the relaxed step before rhat_batch existed
 
     def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
                  restart: str = "none", time_scale: float = 1.0, replicas: int | None = None):
         self._setup(params, lr, C, lam, restart, time_scale, replicas)
 
     def _setup(self, params, lr, C, lam, restart, time_scale, replicas, **extra):
-        defaults = dict(lr=check_lr(lr), C=check_C(C), lam=check_lam(lam),
-                        restart=check_choice("restart", restart, RESTARTS),
-                        time_scale=check_time_scale(time_scale), **extra)
+        defaults = dict(lr=lr, C=C, lam=lam, restart=restart, time_scale=time_scale, **extra)
         EnergyOptimizer.__init__(self, params, defaults, replicas)
 
+    @staticmethod
+    def _relax(s_hat, s_tilde, gain):
+        """(log r, ξ₀): log r = min(ŝ, s̃ + gain), ξ₀ = expm1(log r − ŝ)/expm1(s̃ − ŝ) when ŝ > s̃ (else 0)."""
+        s_new = s_min(s_hat, s_tilde + gain)
+        return s_new, s_clamp(s_ratio_if(s_hat > s_tilde, s_expm1(s_new - s_hat), s_expm1(s_tilde - s_hat)), 0.0, 1.0)
+
     @torch.no_grad()
-    def step(self, closure=None):
-        loss, I = self._loss_and_grad(closure)
+    def step(self, closure=None, loss=None):
+        """One step. ``closure``: zero the grads, forward, backward, return the loss; or,
+        after your own ``loss.backward()``, ``loss=loss``."""
         g0 = self.param_groups[0]
+        same_batch = self.relax and g0["rhat_batch"] == "same"
+        if same_batch:
+            require_forward_only(closure, type(self).__name__)
+        evaluated = self._evaluate(closure, loss)
+        if evaluated is None:
+            return None
+        out, I = evaluated
         C = g0["C"]
         anchor = self._anchor()
         s_hat = I / C                                     # log r̂ⁿ = Iⁿ/C
         s_prev = self._get(anchor, "log_r", s_hat)        # log r⁰ = I(θ⁰)/C
-        s_n = s_hat if self._take_restart() else s_prev
+        restart = self._take_restart()
+        diag = {}
+        pending = anchor.pop("relax_budget", None)        # rhat_batch='next': η(sⁿ − s̃) of the last step
+        if pending is not None and not restart:
+            # relax the last step's s̃ toward ŝ on THIS batch at θⁿ: no extra forward pass
+            s_prev, diag["xi"] = self._relax(s_hat, s_prev, self._scalar(pending))
+        elif self.relax and not same_batch:
+            diag["xi"] = 0.0
+        s_n = s_hat if restart else s_prev
 
         a = 0.0                                    # a = Δt K ⟨g,(I+Δtℒ)⁻¹g⟩ / C
         plans = []
         for group in self.param_groups:
-            params, grads = grads_of(group)
+            _, params, grads = self._grads(group)
             if not params:
                 continue
-            K, dt, lam = group["time_scale"], group["lr"], group["lam"]
+            K, dt, lam = group["time_scale"], self._lr(group), group["lam"]
             c = dt * K / (1 + lam * dt)            # θ moves along −c·(r^{n+1}/r̂ⁿ)·g
             a = a + c * self._sqnorm(grads) / C
             plans.append((params, grads, c))
@@ -111,31 +133,31 @@ class ExpSAV(EnergyOptimizer):
         for params, grads, c in plans:
             self._axpy(params, grads, -c * factor)        # θ^{n+1} = θⁿ − ΔtK (r^{n+1}/r̂ⁿ) u
 
-        diag = {}
+        s_new = s_tilde
         if self.relax:
-            s_hat_new = self._scalar(eval_no_grad(closure)) / C        # log r̂^{n+1}
-            s_new = s_min(s_hat_new, s_tilde + g0["eta"] * (s_n - s_tilde))
-            pos = s_hat_new > s_tilde
-            diag["xi"] = s_clamp(s_ratio_if(pos, s_expm1(s_new - s_hat_new),
-                                            s_expm1(s_tilde - s_hat_new)), 0.0, 1.0)
-        else:
-            s_new = s_tilde
+            gain = g0["eta"] * (s_n - s_tilde)            # give back at most η of this step's decrease
+            if same_batch:
+                s_hat_new = self._scalar(closure(backward=False)) / C    # log r̂^{n+1}, one forward
+                s_new, diag["xi"] = self._relax(s_hat_new, s_tilde, gain)
+            else:
+                self._put(anchor, "relax_budget", gain)   # relaxed at the next step's start
         self._put(anchor, "log_r", s_new)
 
-        K0, dt0, lam0 = g0["time_scale"], g0["lr"], g0["lam"]
+        K0, dt0, lam0 = g0["time_scale"], self._lr(g0), g0["lam"]
         self._set_diagnostics(energy=C * s_new, q=s_exp(s_prev - s_hat),
                               eff_step=factor * (K0 * dt0 / (1 + lam0 * dt0)), **diag)
-        return loss
+        return out
 
 
 class RelExpSAV(ExpSAV):
     """Relaxed ExpSAV: log r^{n+1} = min(I(θ^{n+1})/C, s̃ + η(sⁿ − s̃)); r^{n+1} ≤ rⁿ for every
-    Δt. One extra forward pass per step. See module docstring."""
+    Δt. ``rhat_batch='next'`` (default) takes I(θ^{n+1}) from the next step's loss; ``'same'``
+    evaluates it on the step's batch, one extra forward pass. See module docstring."""
 
     relax = True
     diagnostic_keys = ExpSAV.diagnostic_keys + ("xi",)
 
     def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
-                 eta: float = 0.99, restart: str = "none", time_scale: float = 1.0,
-                 replicas: int | None = None):
-        self._setup(params, lr, C, lam, restart, time_scale, replicas, eta=check_eta(eta))
+                 eta: float = 0.99, restart: str = "none", rhat_batch: str = "next",
+                 time_scale: float = 1.0, replicas: int | None = None):
+        self._setup(params, lr, C, lam, restart, time_scale, replicas, eta=eta, rhat_batch=rhat_batch)

@@ -38,10 +38,14 @@ from __future__ import annotations
 import torch
 from torch.func import jacrev
 
-from gradflow_exp.optim.base import (
-    F64, EnergyOptimizer, check_eps, check_lr, check_time_scale, dot, grads_of,
-    require_closure,
-)
+from gradflow_exp.optim.base import F64, EnergyOptimizer, dot
+
+NARROW = (torch.bfloat16, torch.float16)
+
+
+def _solve_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The N × N solve runs in float32 for half-precision parameters (no half Cholesky)."""
+    return torch.float32 if dtype in NARROW else dtype
 
 
 class IEQ(EnergyOptimizer):
@@ -49,9 +53,10 @@ class IEQ(EnergyOptimizer):
     (`BatchClosure`). Energy: per step, mean((q^{n+1})²) ≤ I(θⁿ) on the batch, every Δt."""
 
     diagnostic_keys = ("energy", "q", "eff_step")
+    supports_complex = False
 
     def __init__(self, params, lr: float = 0.2, time_scale: float = 1.0):
-        super().__init__(params, dict(lr=check_lr(lr), time_scale=check_time_scale(time_scale)))
+        super().__init__(params, dict(lr=lr, time_scale=time_scale))
 
     @staticmethod
     def _solve(A: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -59,56 +64,66 @@ class IEQ(EnergyOptimizer):
         return torch.cholesky_solve(q.unsqueeze(1), L).squeeze(1)   # q^{n+1} = A⁻¹ qⁿ
 
     def _jacobian_step(self, residuals, named):
-        """The step with J formed by ``torch.func.jacrev`` (any model, any param groups)."""
+        """The step with J formed by ``torch.func.jacrev`` (any model, any param groups).
+        A frozen parameter (``requires_grad=False``) is not trained, as torch.optim's
+        optimizers skip a parameter without a gradient."""
         name_of = {id(p): n for n, p in named.items()}
         groups = []
         for group in self.param_groups:
             try:
-                names = [name_of[id(p)] for p in group["params"]]
+                trained = [p for p in group["params"] if p.requires_grad]
+                names = [name_of[id(p)] for p in trained]
             except KeyError:
                 raise ValueError("IEQ: an optimized parameter is not in closure.params") from None
-            groups.append((group, names))
-        train = {n: named[n].detach() for _, names in groups for n in names}
+            if names:
+                groups.append((group, trained, names))
+        train = {n: named[n].detach() for _, _, names in groups for n in names}
         fixed = {n: p.detach() for n, p in named.items() if n not in train}
 
         def res(tp):
             q = residuals({**fixed, **tp})
             return q, q.detach()
 
+        if not train:
+            q = residuals(fixed).detach()
+            return q, q, None, None
         with torch.enable_grad():
             jac, q = jacrev(res, has_aux=True)(train)     # J: dict name → [N, *shape]
         N = q.numel()
-        A = torch.eye(N, dtype=q.dtype, device=q.device)
+        work = _solve_dtype(q.dtype)
+        q = q.to(work)
+        A = torch.eye(N, dtype=work, device=q.device)
         blocks = []
-        for group, names in groups:
-            Jg = torch.cat([jac[n].reshape(N, -1) for n in names], dim=1)      # N × n_g
-            c = group["lr"] * group["time_scale"] * 2.0 / N                      # Δt K (2/N)
+        for group, trained, names in groups:
+            Jg = torch.cat([jac[n].reshape(N, -1) for n in names], dim=1).to(work)   # N × n_g
+            c = self._lr(group) * group["time_scale"] * 2.0 / N                    # Δt K (2/N)
             A.addmm_(Jg, Jg.T, alpha=c)                   # A = I + Δt K (2/N) J Jᵀ
-            blocks.append((group, Jg, c))
+            blocks.append((trained, Jg, c))
         q_new = self._solve(A, q)
 
         along = torch.zeros((), dtype=F64, device=q.device)   # ⟨θⁿ − θ^{n+1}, ∇I⟩
         gnorm2 = torch.zeros((), dtype=F64, device=q.device)  # ‖∇I‖²
-        for group, Jg, c in blocks:
+        for trained, Jg, c in blocks:
             delta = c * (Jg.T @ q_new)                    # θⁿ − θ^{n+1} = Δt K (2/N) Jᵀ q^{n+1}
             grad = (2.0 / N) * (Jg.T @ q)                 # ∇I = (2/N) Jᵀ qⁿ
             along = along + dot([delta], [grad])
             gnorm2 = gnorm2 + dot([grad], [grad])
             offset = 0
-            for p in group["params"]:
+            for p in trained:
                 k = p.numel()
                 p.sub_(delta[offset:offset + k].view_as(p))
                 offset += k
         return q, q_new, along, gnorm2
 
     @torch.no_grad()
-    def step(self, closure=None):
-        require_closure(closure, "IEQ")
+    def step(self, closure=None, loss=None):
+        """One step; ``closure`` must give the residuals as a function of the parameters
+        (`BatchClosure`): IEQ forms their Jacobian, which a loss value cannot give."""
         residuals = getattr(closure, "functional_residuals", None)
         named = getattr(closure, "params", None)
         if residuals is None or named is None:
-            raise TypeError("IEQ needs a closure with functional_residuals(params) and params "
-                            "(gradflow_exp.optim.BatchClosure)")
+            raise TypeError("IEQ needs a closure with functional_residuals(params) and params, such as "
+                            "gradflow_exp.optim.BatchClosure(model, loss_fn, x, y): it forms the residuals' Jacobian")
         group0 = self.param_groups[0]
         gram = getattr(closure, "residual_gram", None)
         same_params = (len(self.param_groups) == 1
@@ -118,9 +133,10 @@ class IEQ(EnergyOptimizer):
             # The model's closed-form JJᵀ and Jᵀv: the same step, without forming J.
             q, G, vjp = fast
             N = q.numel()
-            c = group0["lr"] * group0["time_scale"] * 2.0 / N                    # Δt K (2/N)
-            A = torch.eye(N, dtype=q.dtype, device=q.device).add_(G, alpha=c)   # I + Δt K (2/N) J Jᵀ
-            q_new = self._solve(A, q)
+            work = _solve_dtype(q.dtype)
+            c = self._lr(group0) * group0["time_scale"] * 2.0 / N                # Δt K (2/N)
+            A = torch.eye(N, dtype=work, device=q.device).add_(G.to(work), alpha=c)   # I + Δt K (2/N) J Jᵀ
+            q_new = self._solve(A, q.to(work)).to(q.dtype)
             deltas = [c * t for t in vjp(q_new)]          # θⁿ − θ^{n+1} = Δt K (2/N) Jᵀ q^{n+1}
             grads = [(2.0 / N) * t for t in vjp(q)]       # ∇I = (2/N) Jᵀ qⁿ
             along, gnorm2 = dot(deltas, grads), dot(grads, grads)
@@ -128,6 +144,8 @@ class IEQ(EnergyOptimizer):
                 p.sub_(d.view_as(p))
         else:
             q, q_new, along, gnorm2 = self._jacobian_step(residuals, named)
+            if along is None:                             # nothing to train: no step
+                return q.pow(2).mean()
 
         N = q.numel()
         loss = q.pow(2).mean()
@@ -145,23 +163,28 @@ class IEQAdaptive(EnergyOptimizer):
     Energy: per step, α² I(θⁿ) ≤ I(θⁿ) on the batch, every Δt."""
 
     diagnostic_keys = ("energy", "q", "eff_step")
+    whole_model_keys = ("eps",)         # α is one number for the whole model
 
     def __init__(self, params, lr: float = 0.2, eps: float = 1e-8, time_scale: float = 1.0,
                  replicas: int | None = None):
-        super().__init__(params, dict(lr=check_lr(lr), eps=check_eps(eps),
-                                      time_scale=check_time_scale(time_scale)), replicas)
+        super().__init__(params, dict(lr=lr, eps=eps, time_scale=time_scale), replicas)
 
     @torch.no_grad()
-    def step(self, closure=None):
-        loss, I = self._loss_and_grad(closure)
+    def step(self, closure=None, loss=None):
+        """One step. ``closure``: zero the grads, forward, backward, return the loss; or,
+        after your own ``loss.backward()``, ``loss=loss``."""
+        evaluated = self._evaluate(closure, loss)
+        if evaluated is None:
+            return None
+        out, I = evaluated
         eps = self.param_groups[0]["eps"]
         total = 0.0                                # Σ_groups Δt K ‖∇I‖²
         plans = []
         for group in self.param_groups:
-            params, grads = grads_of(group)
+            _, params, grads = self._grads(group)
             if not params:
                 continue
-            kdt = group["lr"] * group["time_scale"]
+            kdt = self._lr(group) * group["time_scale"]
             total = total + kdt * self._sqnorm(grads)
             plans.append((params, grads, kdt))
         alpha = 1.0 / (1.0 + total / (2.0 * I + eps))    # α = 1/(1 + ΔtK‖∇I‖²/(2I+ε))
@@ -169,5 +192,5 @@ class IEQAdaptive(EnergyOptimizer):
             self._axpy(params, grads, -kdt * alpha)
         g0 = self.param_groups[0]
         self._set_diagnostics(energy=alpha * alpha * I, q=alpha,
-                              eff_step=alpha * (g0["lr"] * g0["time_scale"]))
-        return loss
+                              eff_step=alpha * (self._lr(g0) * g0["time_scale"]))
+        return out

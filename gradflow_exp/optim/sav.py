@@ -78,62 +78,11 @@ restart are read from the first group.
 """
 from __future__ import annotations
 
-import inspect
-import types
-import weakref
-
 import torch
 
 from gradflow_exp.optim.base import (
-    RESTARTS, EnergyOptimizer, add, add_, check_betas, check_C, check_choice, check_eps, check_eta,
-    check_lam, check_lr, check_time_scale, grads_of, mul, mul_, s_clamp, s_min, s_ratio_if, s_sqrt,
-    to_dtype,
+    EnergyOptimizer, add, add_, mul, mul_, s_clamp, s_min, s_ratio_if, s_sqrt, require_forward_only, to_dtype,
 )
-
-SECOND_MOMENTS = ("elementwise", "scalar")
-RHAT_BATCHES = ("same", "next")
-
-
-def eval_no_grad(closure) -> torch.Tensor:
-    """The loss at the current parameters on the same batch: ``closure(backward=False)``,
-    one forward pass, when the closure takes that keyword (`BatchClosure` does); a standard
-    PyTorch closure (zero grads, forward, backward) is called as it is, at the cost of a
-    backward pass whose gradients nothing reads."""
-    if _takes_backward(closure):
-        return closure(backward=False)
-    with torch.enable_grad():
-        return closure()
-
-
-_BY_CODE: dict[types.CodeType, bool] = {}
-_BY_CLASS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _takes_backward(closure) -> bool:
-    """Whether ``closure`` accepts ``backward=``. A loop makes a new closure every step and
-    ``inspect.signature`` costs about a tenth of a fig7 step, so the answer is remembered
-    for a plain function's body and for a Python class with its own ``__call__``; wrapped
-    callables (``functools.wraps``, ``partial``, ``lru_cache``, compiled or scripted
-    functions), whose signature is not their code's, are asked every time."""
-    if hasattr(closure, "__wrapped__") or hasattr(closure, "__signature__"):
-        return _accepts_backward(closure)
-    if isinstance(closure, (types.FunctionType, types.MethodType)):
-        cache, key = _BY_CODE, closure.__code__
-    elif inspect.isfunction(getattr(type(closure), "__call__", None)):
-        cache, key = _BY_CLASS, type(closure)
-    else:
-        return _accepts_backward(closure)
-    if key not in cache:
-        cache[key] = _accepts_backward(closure)
-    return cache[key]
-
-
-def _accepts_backward(closure) -> bool:
-    try:
-        params = inspect.signature(closure).parameters
-    except (TypeError, ValueError):      # a builtin or C callable: call it plainly
-        return False
-    return "backward" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class _SAVCore(EnergyOptimizer):
@@ -143,33 +92,32 @@ class _SAVCore(EnergyOptimizer):
     relax = False
     adaptive = False
     diagnostic_keys = ("energy", "r", "r_hat", "q", "eff_step")
+    whole_model_keys = ("C", "eta", "restart", "rhat_batch")     # r is one number for the whole model
+    legacy_defaults = {"rhat_batch": "same"}    # the relaxed step before rhat_batch existed
 
     def __init__(self, params, *, lr, C, lam, time_scale, restart="none", eta=None,
-                 rhat_batch="same", betas=None, eps=None, second_moment=None, replicas=None):
-        defaults = dict(lr=check_lr(lr), C=check_C(C), lam=check_lam(lam),
-                        time_scale=check_time_scale(time_scale),
-                        restart=check_choice("restart", restart, RESTARTS))
+                 rhat_batch="next", betas=None, eps=None, second_moment=None, replicas=None):
+        defaults = dict(lr=lr, C=C, lam=lam, time_scale=time_scale, restart=restart)
         if self.relax:
-            defaults["eta"] = check_eta(eta)
-            defaults["rhat_batch"] = check_choice("rhat_batch", rhat_batch, RHAT_BATCHES)
+            defaults.update(eta=eta, rhat_batch=rhat_batch)
         if self.adaptive:
-            defaults.update(betas=check_betas(betas), eps=check_eps(eps),
-                            second_moment=check_choice("second_moment", second_moment,
-                                                       SECOND_MOMENTS))
+            defaults.update(betas=betas, eps=eps, second_moment=second_moment)
         super().__init__(params, defaults, replicas)
 
     # ------------------------------------------------------------------ Adam moments
-    def _buffers(self, params, key: str) -> list[torch.Tensor]:
-        """Per-parameter state tensors ``key``, created as zeros on first use."""
+    def _buffers(self, owners, key: str) -> list[torch.Tensor]:
+        """Per-parameter state tensors ``key``, created as zeros on first use (a complex
+        parameter's as complex, used through its real view, as torch.optim.Adam does)."""
         out = []
-        for p in params:
+        for p in owners:
             st = self.state[p]
             if key not in st:
                 st[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            out.append(st[key])
+            b = st[key]
+            out.append(torch.view_as_real(b) if b.is_complex() else b)
         return out
 
-    def _moments(self, group, params, grads):
+    def _moments(self, group, owners, grads):
         """Adam's moments: the raw first moments m (m̂ = m/(1−β₁ᵗ), never formed), 1−β₁ᵗ,
         and √v̂ + ε (a list; a scalar for 'scalar')."""
         b1, b2 = group["betas"]
@@ -179,10 +127,10 @@ class _SAVCore(EnergyOptimizer):
         self._put(gst, "step", t)
         bc1 = 1 - b1 ** t                                  # 1 − β₁ᵗ
         bc2 = 1 - b2 ** t
-        ms = self._buffers(params, "exp_avg")
+        ms = self._buffers(owners, "exp_avg")
         torch._foreach_lerp_(ms, grads, 1 - b1)            # m ← β₁ m + (1−β₁) g
         if group["second_moment"] == "elementwise":
-            vs = self._buffers(params, "exp_avg_sq")
+            vs = self._buffers(owners, "exp_avg_sq")
             torch._foreach_mul_(vs, b2)                    # v ← β₂ v + (1−β₂) g²
             torch._foreach_addcmul_(vs, grads, grads, 1 - b2)
             denom = torch._foreach_sqrt(vs)                # √v̂ + ε = √v/√(1−β₂ᵗ) + ε
@@ -206,9 +154,17 @@ class _SAVCore(EnergyOptimizer):
 
     # ------------------------------------------------------------------------- step
     @torch.no_grad()
-    def step(self, closure=None):
-        loss, I = self._loss_and_grad(closure)
+    def step(self, closure=None, loss=None):
+        """One step. ``closure``: zero the grads, forward, backward, return the loss; or,
+        after your own ``loss.backward()``, ``loss=loss``."""
         g0 = self.param_groups[0]
+        same_batch = self.relax and g0["rhat_batch"] == "same"
+        if same_batch:
+            require_forward_only(closure, type(self).__name__)
+        evaluated = self._evaluate(closure, loss)
+        if evaluated is None:
+            return None
+        out, I = evaluated
         C = g0["C"]
         anchor = self._anchor()
         E = I + C                                          # E = I(θⁿ) + C
@@ -228,20 +184,20 @@ class _SAVCore(EnergyOptimizer):
         budget = 0.0   # Σ_groups K Σ_i d_i² / τ_i  (RelSAV's D / φ²)
         plans = []     # (params, direction, coefficient): θ^{n+1} = θⁿ − coefficient·φ·direction
         for group in self.param_groups:
-            params, grads = grads_of(group)
+            owners, params, grads = self._grads(group)
             if not params:
                 continue
-            K, dt, lam = group["time_scale"], group["lr"], group["lam"]
+            K, dt, lam = group["time_scale"], self._lr(group), group["lam"]
             if not self.adaptive:
                 # d = Δt g/(1 + λΔt) = c g: ⟨g, d⟩ = c‖g‖², and d is never formed
                 c = dt / (1 + lam * dt)
                 gg = self._sqnorm(grads)
                 total = total + K * c * gg                 # K ⟨g, (I+Δtℒ)⁻¹ Δt g⟩ ≥ 0
-                if self.relax:
-                    budget = budget + K * c * c * gg / dt  # Σ_i (Δθ_i)²/(KΔt) = φ² K c² ‖g‖²/Δt
+                if self.relax:                         # Σ_i (Δθ_i)²/(KΔt) = φ² K c² ‖g‖²/Δt (0 at Δt = 0)
+                    budget = budget + s_ratio_if(dt > 0, K * c * c * gg, dt)
                 plans.append((params, grads, K * c))
                 continue
-            ms, bc1, denom = self._moments(group, params, grads)
+            ms, bc1, denom = self._moments(group, owners, grads)
             # d = τ (I + τℒ)⁻¹ m̂ with τ = Δt/denom:  d = Δt m̂/(denom + λΔt) = (Δt/(1−β₁ᵗ)) m/(denom + λΔt)
             if isinstance(denom, (list, tuple)):
                 if self.relax:      # D needs denom itself (kept exact: no add-then-subtract)
@@ -260,7 +216,7 @@ class _SAVCore(EnergyOptimizer):
                     w = self._dot(d, torch._foreach_mul(d, denom))
                 else:
                     w = self._sqnorm(d) * denom
-                budget = budget + K * w / dt
+                budget = budget + s_ratio_if(dt > 0, K * w, dt)
             plans.append((params, d, K))
 
         # (SAV-r): r̃^{n+1} = rⁿ / (1 + Δt K ⟨g,(I+Δtℒ)⁻¹g⟩ / (2E))
@@ -273,18 +229,18 @@ class _SAVCore(EnergyOptimizer):
         r_new = r_tilde
         if self.relax:
             etaD = g0["eta"] * phi * phi * budget           # η Σ_i Δθ_i²/(K τ_i)
-            if g0["rhat_batch"] == "next":
-                self._put(anchor, "relax_budget", etaD)     # relaxed at the next step's start
-            else:
-                r_hat_new = s_sqrt(self._scalar(eval_no_grad(closure)) + C)   # r̂^{n+1}
+            if same_batch:
+                r_hat_new = s_sqrt(self._scalar(closure(backward=False)) + C)   # r̂^{n+1}, one forward
                 r_new, diag["xi"] = self._relax(r_hat_new, r_tilde, etaD)
+            else:
+                self._put(anchor, "relax_budget", etaD)     # relaxed at the next step's start
         self._put(anchor, "r", r_new)
 
-        K0, dt0, lam0 = g0["time_scale"], g0["lr"], g0["lam"]
+        K0, dt0, lam0 = g0["time_scale"], self._lr(g0), g0["lam"]
         scale0 = K0 * dt0 if self.adaptive else K0 * dt0 / (1 + lam0 * dt0)
         self._set_diagnostics(energy=r_new * r_new, r=r_new, r_hat=sqrtE, q=r_prev / sqrtE,
                               eff_step=phi * scale0, **diag)
-        return loss
+        return out
 
 
 class SAV(_SAVCore):
@@ -321,7 +277,7 @@ class RelSAV(_SAVCore):
     diagnostic_keys = _SAVCore.diagnostic_keys + ("xi",)
 
     def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
-                 eta: float = 0.99, restart: str = "none", rhat_batch: str = "same",
+                 eta: float = 0.99, restart: str = "none", rhat_batch: str = "next",
                  time_scale: float = 1.0, replicas: int | None = None):
         super().__init__(params, lr=lr, C=C, lam=lam, eta=eta, restart=restart,
                          rhat_batch=rhat_batch, time_scale=time_scale, replicas=replicas)
@@ -364,7 +320,7 @@ class ARelSAV(_SAVCore):
     def __init__(self, params, lr: float = 0.01, C: float = 1.0, lam: float = 0.0,
                  eta: float = 0.99, betas=(0.9, 0.999), eps: float = 1e-8,
                  second_moment: str = "elementwise", restart: str = "none",
-                 rhat_batch: str = "same", time_scale: float = 1.0, replicas: int | None = None):
+                 rhat_batch: str = "next", time_scale: float = 1.0, replicas: int | None = None):
         super().__init__(params, lr=lr, C=C, lam=lam, eta=eta, betas=betas, eps=eps,
                          second_moment=second_moment, restart=restart, rhat_batch=rhat_batch,
                          time_scale=time_scale, replicas=replicas)

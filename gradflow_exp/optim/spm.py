@@ -21,7 +21,9 @@ exactly as its single run draws them, then stacked ([J, R, …]).
 The wrapper shares ``param_groups``/``state``/``defaults`` with the base optimizer, and
 passes ``diagnostics``/``epoch_start`` through (absent when the base lacks them), so a
 training loop can treat it as any optimizer. It subclasses ``torch.optim.Optimizer`` so
-LR schedulers accept it.
+LR schedulers accept it. Its ``state_dict()`` is the base's, in torch's layout
+(``state``, ``param_groups``), with one more key, ``spm`` (J, h and the generators' states);
+the hooks registered on the wrapper fire around it as around any optimizer's.
 """
 from __future__ import annotations
 
@@ -29,11 +31,15 @@ import torch
 from torch.func import grad, vmap
 from torch.optim import Optimizer
 
+from gradflow_exp.optim.base import public_attributes
+
 _PASSTHROUGH = ("diagnostics", "epoch_start")
 
 
 class PerturbedClosure:
     """The SPM closure for one step: the batch closure averaged over fixed perturbations."""
+
+    takes_backward = True
 
     def __init__(self, closure, xi: dict[str, torch.Tensor], h: float):
         self.closure = closure
@@ -103,6 +109,8 @@ class SPM(Optimizer):
         if isinstance(base_optimizer, SPM):
             raise ValueError("SPM cannot wrap another SPM")
         params = [p for g in base_optimizer.param_groups for p in g["params"]]
+        if any(p.is_complex() for p in params):
+            raise ValueError("SPM does not support complex parameters (its perturbations are real Gaussians)")
         super().__init__([{"params": params}], {})
         # from here on param_groups/state/defaults are the base's (see _shared)
         self.__dict__["base"] = base_optimizer
@@ -166,14 +174,20 @@ class SPM(Optimizer):
         draws = [one(g, lambda p: p.shape[1:]) for g in self.generators]     # replica k: its run's draws
         return {n: torch.stack([d[n] for d in draws], dim=1) for n in params}
 
+    def __getstate__(self) -> dict:
+        """The wrapper's own attributes and its base (torch's pickles only the shared three)."""
+        return public_attributes(self)
+
     @torch.no_grad()
-    def step(self, closure=None):
-        if closure is None:
-            raise ValueError("SPM.step() needs a closure with functional_loss(params) and "
-                             "params (gradflow_exp.optim.BatchClosure)")
+    def step(self, closure=None, loss=None):
+        """One step of the base optimizer on the smoothed loss. ``closure`` must give the loss
+        as a function of the parameters (`BatchClosure`): a loss value cannot be smoothed."""
         if not (hasattr(closure, "functional_loss") and hasattr(closure, "params")):
-            raise TypeError("SPM needs a closure with functional_loss(params) and params "
-                            "(gradflow_exp.optim.BatchClosure)")
+            raise TypeError("SPM needs a closure with functional_loss(params) and params, such as "
+                            "gradflow_exp.optim.BatchClosure(model, loss_fn, x, y): it evaluates the loss at "
+                            "J perturbed parameters")
+        if not closure.params:           # every parameter frozen: nothing to perturb
+            return self.base.step(closure)
         self.last_xi = self.draw(closure.params)
         return self.base.step(PerturbedClosure(closure, self.last_xi, self.h))
 
@@ -186,18 +200,32 @@ class SPM(Optimizer):
         else:  # during Optimizer.__init__
             super().add_param_group(param_group)
 
+    @torch._disable_dynamo
     def state_dict(self) -> dict:
+        """The base's state dict (torch's layout) plus ``spm``: J, h, the generators' states."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
         gens = [g.get_state() for g in self.generators]
-        return {"base": self.base.state_dict(),
-                "spm": {"J": self.J, "h": self.h, "generator": gens[0] if self.replicas is None else gens}}
+        out = {**self.base.state_dict(),
+               "spm": {"J": self.J, "h": self.h, "generator": gens[0] if self.replicas is None else gens}}
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            out = hook(self, out) or out
+        return out
 
+    @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict) -> None:
-        self.base.load_state_dict(state_dict["base"])
+        """Load `state_dict` (or the layout of earlier versions, ``{'base', 'spm'}``)."""
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = hook(self, state_dict) or state_dict
         spm = state_dict["spm"]
+        self.base.load_state_dict(state_dict["base"] if "base" in state_dict else
+                                  {k: v for k, v in state_dict.items() if k != "spm"})
         self.J, self.h = int(spm["J"]), float(spm["h"])
         states = spm["generator"] if isinstance(spm["generator"], (list, tuple)) else [spm["generator"]]
         for g, st in zip(self.generators, states):
             g.set_state(st.clone().cpu())
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
 
     def __repr__(self) -> str:
         return f"SPM(J={self.J}, h={self.h}, base={self.base!r})"

@@ -80,8 +80,7 @@ def split_state(opt, state: dict, k: int) -> dict:
     """Replica k's part of a replica batch optimizer's ``state_dict()``: the state dict of
     the same optimizer over replica k's parameters alone."""
     if isinstance(opt, SPM):
-        return {"base": split_state(opt.base, state["base"], k),
-                "spm": {**state["spm"], "generator": state["spm"]["generator"][k]}}
+        return {**split_state(opt.base, state, k), "spm": {**state["spm"], "generator": state["spm"]["generator"][k]}}
     R = opt.replicas
 
     def part(v):     # per-replica: [R, …]; shared: 0-d
@@ -97,8 +96,9 @@ def split_state(opt, state: dict, k: int) -> dict:
 def stack_states(opt, states: list[dict]) -> dict:
     """The inverse of `split_state`: the replicas' single-run state dicts → the batch's."""
     if isinstance(opt, SPM):
-        return {"base": stack_states(opt.base, [s["base"] for s in states]),
-                "spm": {**states[0]["spm"], "generator": [s["spm"]["generator"] for s in states]}}
+        states = [s if "base" not in s else {**s["base"], "spm": s["spm"]} for s in states]   # earlier layout
+        return {**stack_states(opt.base, states), "spm": {**states[0]["spm"],
+                                                         "generator": [s["spm"]["generator"] for s in states]}}
     first = states[0]
 
     def joint(values):

@@ -43,10 +43,12 @@ def run_batches(model, opt, x, y, epochs=2, size=16, hook=None):
             hook.after(opt, cl, before)
 
 
+SAME = {"rhat_batch": "same"}      # the relaxed r at the step's end (what these tests read back)
 SAV_LIKE = [
-    (SAV, {}), (RelSAV, {}), (ASAV, {}), (ARelSAV, {}), (ASAV, {"second_moment": "scalar"}),
-    (ARelSAV, {"second_moment": "scalar"}), (SAV, {"lam": 4.0, "time_scale": 3.0}),
-    (RelSAV, {"lam": 4.0, "time_scale": 3.0, "eta": 1.0}), (ARelSAV, {"lam": 4.0, "time_scale": 50.0}),
+    (SAV, {}), (RelSAV, SAME), (ASAV, {}), (ARelSAV, SAME), (ASAV, {"second_moment": "scalar"}),
+    (ARelSAV, {"second_moment": "scalar", **SAME}), (SAV, {"lam": 4.0, "time_scale": 3.0}),
+    (RelSAV, {"lam": 4.0, "time_scale": 3.0, "eta": 1.0, **SAME}),
+    (ARelSAV, {"lam": 4.0, "time_scale": 50.0, **SAME}),
 ]
 
 
@@ -75,7 +77,8 @@ def test_sav_family_r_never_increases(cls, kw, dt):
 def test_expsav_r_never_increases(cls, dt):
     for _, make, x, y in problems():
         model = make()
-        opt = cls(model.parameters(), lr=dt, C=0.5, lam=1.0, time_scale=2.0)
+        opt = cls(model.parameters(), lr=dt, C=0.5, lam=1.0, time_scale=2.0,
+                  **(SAME if cls is RelExpSAV else {}))
         logs = []
 
         class H:
@@ -134,7 +137,7 @@ def test_relaxed_xi_and_inequality(cls, kw, dt):
     adaptive = cls is ARelSAV
     for _, make, x, y in problems():
         model = make()
-        opt = cls(model.parameters(), lr=dt, C=C, **kw)
+        opt = cls(model.parameters(), lr=dt, C=C, **kw, **SAME)
         params = list(model.parameters())
         n_checked = 0
 

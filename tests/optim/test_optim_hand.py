@@ -64,7 +64,7 @@ def test_relsav_step_by_hand_and_paper_quadratic():
     # as SAV: r̃ = (3/5)√2, θ¹ = 1/5; r̂¹ = √(1/25 + 1) = √26/5; D = ‖Δθ‖²/(KΔt) = 16/25
     model, cl = scalar_problem(1.0)
     eta = 0.25
-    opt = RelSAV(model.parameters(), lr=0.5, C=1.0, lam=1.0, eta=eta, time_scale=2.0)
+    opt = RelSAV(model.parameters(), lr=0.5, C=1.0, lam=1.0, eta=eta, time_scale=2.0, rhat_batch="same")
     opt.step(cl)
     assert w(model) == pytest.approx(0.2, rel=1e-14)
     rt, rh, D = 0.6 * math.sqrt(2), math.sqrt(26) / 5, 16 / 25
@@ -81,7 +81,7 @@ def test_relsav_step_by_hand_and_paper_quadratic():
 
 def test_relsav_xi_zero_when_inequality_slack():
     model, cl = scalar_problem(1.0)
-    opt = RelSAV(model.parameters(), lr=0.5, C=1.0, lam=1.0, eta=0.99, time_scale=2.0)
+    opt = RelSAV(model.parameters(), lr=0.5, C=1.0, lam=1.0, eta=0.99, time_scale=2.0, rhat_batch="same")
     opt.step(cl)
     # √(r̃² + ηD) = √(18/25 + 0.99·16/25) > r̂ = √26/5  →  ξ = 0, r¹ = r̂¹
     assert r_of(opt) == pytest.approx(math.sqrt(26) / 5, rel=1e-14)
@@ -150,7 +150,7 @@ def test_expsav_two_steps_by_hand():
 def test_relexpsav_step_by_hand():
     model, cl = scalar_problem(1.0)
     eta = 0.5
-    opt = RelExpSAV(model.parameters(), lr=0.5, C=2.0, lam=1.0, eta=eta, time_scale=2.0)
+    opt = RelExpSAV(model.parameters(), lr=0.5, C=2.0, lam=1.0, eta=eta, time_scale=2.0, rhat_batch="same")
     opt.step(cl)
     s0, s_tilde, s_hat = 0.5, 0.5 + math.log(3 / 7), (3 / 7) ** 2 / 2
     s1 = min(s_hat, s_tilde + eta * (s0 - s_tilde))

@@ -100,7 +100,7 @@ def test_replicas_check_their_shapes_and_values():
         SAV([p], replicas=2)
     with pytest.raises(ValueError, match="3 values; one per replica needs replicas=3"):
         SAV([p], lr=[0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="lr \\(Δt\\) must be positive"):
+    with pytest.raises(ValueError, match="lr \\(Δt\\) must be non-negative"):
         SAV([p], lr=[0.1, -1.0, 0.3], replicas=3)
     opt = SAV([p], lr=[0.1, 0.2, 0.3], replicas=3)
     assert opt.param_groups[0]["lr"].tolist() == [0.1, 0.2, 0.3]
