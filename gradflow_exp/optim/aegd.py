@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from gradflow_exp.optim.base import F64, EnergyOptimizer, add_, div, mul_, s_sqrt
+from gradflow_exp.optim.base import F64, EnergyOptimizer, div, fill_, mul_, s_sqrt
 
 
 class AEGD(EnergyOptimizer):
@@ -54,10 +54,10 @@ class AEGD(EnergyOptimizer):
                 st = self.state[p]
                 fresh = restart or "r" not in st
                 if fresh:
-                    st["r"] = torch.zeros_like(p)
+                    st["r"] = torch.empty_like(p)
                 r = torch.view_as_real(st["r"]) if p.is_complex() else st["r"]   # one r_i per real entry
                 if fresh:
-                    add_([r], sqrtE)                         # r_i = √(I+c)
+                    fill_([r], sqrtE)                        # r_i = √(I+c)
                 rs.append(r)
             v = div(grads, 2 * sqrtE)                        # v = g/(2√(I+c))
             den = torch._foreach_mul(v, v)

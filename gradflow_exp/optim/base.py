@@ -205,6 +205,15 @@ def add_(xs, s) -> None:
         torch._foreach_add_(xs, to_dtype(s, xs[0]))
 
 
+def fill_(xs, s) -> None:
+    """Every entry of each x set to s (a float, a 0-d tensor, or one value per replica)."""
+    for x in xs:
+        if _per_replica(s):
+            x.copy_(_along(s, x).expand_as(x))
+        else:
+            x.fill_(s)
+
+
 def div(xs, s):
     return [x / _along(s, x) for x in xs] if _per_replica(s) else torch._foreach_div(xs, to_dtype(s, xs[0]))
 
@@ -480,8 +489,11 @@ class EnergyOptimizer(Optimizer):
     # -- scalars (see the module docstring)
     @property
     def _host(self) -> bool:
-        """Scalar arithmetic in Python floats: the parameters live on the CPU (one run)."""
-        return self.replicas is None and self.param_groups[0]["params"][0].is_cpu
+        """Scalar arithmetic in Python floats: the parameters live on the CPU (one run) and
+        torch.compile is not tracing the step (there 0-d tensors keep the scalars in the
+        graph, where reading a float would break it)."""
+        return (self.replicas is None and self.param_groups[0]["params"][0].is_cpu
+                and not torch.compiler.is_compiling())
 
     def _scalar(self, x) -> torch.Tensor | float:
         """A loss, inner product or stored state value as this optimizer's scalar type:
