@@ -15,6 +15,15 @@ their scalar arithmetic in Python floats (`EnergyOptimizer._scalar`, the ``s_*``
 below work on both), and on an accelerator in 0-d float64 tensors, so that a step never
 waits for the device. Both paths evaluate the same formulas in float64.
 
+torch.optim's contract. Every optimizer here is a drop-in for a torch one
+(tests/optim/test_optim_contract.py runs torch's generic optimizer checks over all of them):
+`EnergyOptimizer.add_param_group` lets torch build the group (generators, named
+parameters) and then checks every hyperparameter (`CHECKS`), refusing a per-group value of
+one that is a single number for the whole model; ``step(closure)`` or, after the user's own
+``loss.backward()``, ``step(loss=loss)`` (`EnergyOptimizer._evaluate`); complex parameters
+step through their real views (`EnergyOptimizer._grads`); the public attributes survive
+``deepcopy`` and pickling.
+
 Diagnostics are written during ``step`` (no host sync on accelerators) and read by
 ``diagnostics()``, as 0-d float64 tensors, only at logging points. Every method has a
 fixed key set; before the first step all keys are NaN.

@@ -49,13 +49,17 @@ The time scale enters D as 1/K so that this holds for every K (K = 1 is the pape
 Seed 001 §2.4 writes the blend with ξ on r̂ and the constraint against r̂; that version
 does not imply r^{n+1} ≤ rⁿ, so the paper's form is implemented.
 
-``rhat_batch`` (the paper leaves open which batch r̂^{n+1} is evaluated on): ``'same'``
-(default) re-evaluates I(θ^{n+1}) on the step's batch, one forward pass; ``'next'`` relaxes
-r̃^{n+1} at the start of the next step toward √(I(θ^{n+1}) + C) on the NEXT batch, which
-that step computes anyway: no extra forward, RelSAV then costs what SAV costs. The bound
-r ≤ √(r̃² + ηD), hence the energy guarantee, holds for either r̂. With ``'next'`` the
-logged ``xi`` is the one applied at the step's start (to the previous r̃), and a restart
-discards the pending relaxation.
+``rhat_batch`` (the paper leaves open which batch r̂^{n+1} is evaluated on, and a user's
+closure may log, draw data or count, so it is never called twice): ``'next'`` (default)
+relaxes r̃^{n+1} at the start of the next step toward √(I(θ^{n+1}) + C) on the NEXT batch,
+which that step computes anyway: no extra forward, RelSAV costs what SAV costs, and it
+works with a standard closure and with ``step(loss=...)``. On a full batch this is the
+number the paper's step evaluates, so the scheme and its trajectory are the paper's
+(tests/optim/test_optim_api.py). ``'same'`` re-evaluates I(θ^{n+1}) on the step's batch by
+``closure(backward=False)``, one forward pass (`BatchClosure` offers it; the runner's
+configs choose it). The bound r ≤ √(r̃² + ηD), hence the energy guarantee, holds for
+either r̂. With ``'next'`` the logged ``xi`` is the one applied at the step's start (to the
+previous r̃), and a restart discards the pending relaxation.
 
 Options:
 ``restart='epoch'``: ``epoch_start()`` (called by the loop at each epoch start) makes the
@@ -73,8 +77,10 @@ ones (there the step is eff_step · m̂/(√v̂ + ε + λΔt)), both for the fir
 ``xi`` ξ₀.
 
 Param groups: r is one scalar for the whole optimizer (the loss is one number); lr, lam,
-time_scale, betas, eps may differ per group and enter ⟨·,·⟩ as sums over groups; C, eta,
-restart are read from the first group.
+time_scale, betas, eps, second_moment may differ per group and enter ⟨·,·⟩ as sums over
+groups; C, eta, restart, rhat_batch are one value for all groups (a group with another is
+refused, `EnergyOptimizer.whole_model_keys`). Complex parameters step through their real
+views (⟨x, y⟩ = Σ Re(x̄ y)).
 """
 from __future__ import annotations
 
@@ -269,9 +275,10 @@ class ResSAV(_SAVCore):
 
 class RelSAV(_SAVCore):
     """Relaxed SAV (paper Alg. 4, ξ on r̃). Energy: (r^{n+1})² ≤ (rⁿ)² − (1−η)D ≤ (rⁿ)² at
-    every step for every Δt (restart='none'; between restarts with 'epoch'). One extra
-    forward pass per step (``closure(backward=False)``) with ``rhat_batch='same'``; none
-    with ``'next'`` (see the module docstring)."""
+    every step for every Δt (restart='none'; between restarts with 'epoch'). With
+    ``rhat_batch='next'`` (default) the relaxation uses the next step's loss, no extra
+    forward; ``'same'``: one extra forward pass per step (``closure(backward=False)``).
+    See the module docstring."""
 
     relax = True
     diagnostic_keys = _SAVCore.diagnostic_keys + ("xi",)

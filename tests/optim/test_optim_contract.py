@@ -703,6 +703,7 @@ SCHEDULERS = {
     "OneCycleLR": lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=o.param_groups[0]["lr"] * 2,
                                                                 total_steps=21, cycle_momentum=False),
     "ReduceLROnPlateau": lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=2),
+    "SWALR": lambda o: torch.optim.swa_utils.SWALR(o, swa_lr=o.param_groups[0]["lr"] / 2, anneal_epochs=5),
 }
 
 
