@@ -457,16 +457,19 @@ class EnergyOptimizer(Optimizer):
         gradients as real tensors): a complex parameter is updated through
         ``torch.view_as_real``, so every inner product is the real one, Σ Re(x̄ y), and
         ‖g‖² = Σ|g|². Sparse gradients are refused, as torch.optim.Adam refuses them."""
-        owners = [p for p in group["params"] if p.grad is not None]
-        params, grads = owners, [p.grad for p in owners]
-        for p, g in zip(owners, grads):
-            if g.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            if p.is_complex():
-                params = [torch.view_as_real(q) if q.is_complex() else q for q in owners]
-                grads = [torch.view_as_real(h) if h.is_complex() else h for h in grads]
-                break
-        return owners, params, grads
+        owners, grads, complex_ = [], [], False
+        for p in group["params"]:          # one pass, each gradient read once: this runs every step
+            g = p.grad
+            if g is not None:
+                if g.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                complex_ = complex_ or p.is_complex()
+                owners.append(p)
+                grads.append(g)
+        if not complex_:
+            return owners, owners, grads
+        return (owners, [torch.view_as_real(q) if q.is_complex() else q for q in owners],
+                [torch.view_as_real(h) if h.is_complex() else h for h in grads])
 
     # -- what a step works from
     def _evaluate(self, closure, loss):
