@@ -23,9 +23,9 @@ Own loop (``--own-loop``): the package's optimizers as a torch user steps them, 
 ``nn.Sequential`` (fig2's sizes: 40 → 1000 → 1, ReLU, batch 64) with autograd gradients and
 the standard closure (zero grads, forward, ``backward()``, return the loss), against
 ``torch.optim.SGD`` (torch's defaults, as a user builds it) in the same loop, interleaved.
-RelSAV is timed three ways: with that closure (its r̂ then costs a whole closure call,
-backward included), with a closure that also accepts ``backward=False`` (one forward), and
-with ``rhat_batch='next'`` (none).
+RelSAV is timed two ways: as a user gets it (``rhat_batch='next'``: the relaxation takes
+the next step's loss, no extra evaluation) and with ``rhat_batch='same'`` and a closure
+that also accepts ``backward=False`` (one extra forward pass a step).
 
 Sweeps (``--sweep-epochs E``): the README's fig7 sweep (8 jobs: SGD and Adam × two lr ×
 two seeds, E epochs, one thread a process) as whole ``gradflow-train -m`` commands, through
@@ -162,6 +162,17 @@ def time_interleaved(runs: dict, run_steps, repeats: int, steps: int, device) ->
     return times
 
 
+def optimizer_config(name: str):
+    """``conf/optimizer/<name>.yaml`` as the runner composes it (spm_<base>: the base's config
+    plus its spm node, perturbations seeded)."""
+    cfg = OmegaConf.load(CONF_DIR / "optimizer" / f"{name}.yaml")
+    if "defaults" in cfg:
+        base = OmegaConf.load(CONF_DIR / "optimizer" / f"{cfg.defaults[0]}.yaml")
+        cfg = OmegaConf.merge(base, {"spm": cfg.spm})
+        cfg.spm.seed = 0
+    return cfg
+
+
 def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
     data, make_model = build_problem(p, dtype, device)
     loss_fn = build_loss("cross_entropy" if p.dataset == "mnist" else "mse")
@@ -171,11 +182,7 @@ def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
     gen = torch.Generator(device=device).manual_seed(0)
     runs = {}
     for m in methods:
-        cfg = OmegaConf.load(CONF_DIR / "optimizer" / f"{m}.yaml")
-        if "defaults" in cfg:       # spm_<base>: the base config plus its spm node
-            base = OmegaConf.load(CONF_DIR / "optimizer" / f"{cfg.defaults[0]}.yaml")
-            cfg = OmegaConf.merge(base, {"spm": cfg.spm})
-            cfg.spm.seed = 0
+        cfg = optimizer_config(m)
         model = make_model()
         cfg.lr = 1e-4 if m not in ("sgd",) else 1e-4   # tiny steps: timing, not training
         runs[m] = (model, build_optimizer(cfg, model))
@@ -346,8 +353,8 @@ def bench_own_loop(dtype, device, repeats: int, steps: int) -> dict:
     makers = {"sgd": lambda ps: torch.optim.SGD(ps, lr=1e-4),
               "sav": lambda ps: SAV(ps, lr=1e-4, C=1.0),
               "relsav": lambda ps: RelSAV(ps, lr=1e-4, C=1.0),
-              "relsav, closure(backward=False)": lambda ps: RelSAV(ps, lr=1e-4, C=1.0),
-              "relsav, rhat_batch=next": lambda ps: RelSAV(ps, lr=1e-4, C=1.0, rhat_batch="next")}
+              "relsav, rhat_batch=same, closure(backward=False)":
+                  lambda ps: RelSAV(ps, lr=1e-4, C=1.0, rhat_batch="same")}
     runs = {}
     for name, make in makers.items():
         model = make_model()
@@ -376,6 +383,52 @@ def bench_own_loop(dtype, device, repeats: int, steps: int) -> dict:
     return {m: {"step_s": statistics.median(ts),
                 "ratio_sgd": statistics.median(t / s for t, s in zip(ts, times["sgd"]))}
             for m, ts in times.items()}
+
+
+def graph_breaks(methods, dtype, device) -> dict:
+    """torch.compile's account of each method (Dynamo's ``explain``, no compiler run) on a
+    5 → 16 → 1 tanh net, batch 32: its ``step`` alone after an eager backward
+    (``step(loss=loss)``; a `BatchClosure` for IEQ and SPM, which evaluate the loss
+    themselves), and a whole training step with the standard closure."""
+    from gradflow_exp.optim.closure import BatchClosure
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(32, 5, generator=gen, device=device, dtype=dtype)
+    y = torch.randn(32, 1, generator=gen, device=device, dtype=dtype)
+    out = {}
+    for m in methods:
+        cfg = optimizer_config(m)
+        functional = m.startswith("spm_") or m == "ieq"
+        torch_own = str(cfg._target_).startswith("torch.optim.")
+        if "rhat_batch" in cfg and not functional:
+            cfg.rhat_batch = "next"     # a standard closure cannot evaluate without a backward
+        counts = {}
+        for what in ("step", "train_step"):
+            torch._dynamo.reset()
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).to(device, dtype)
+            opt = build_optimizer(cfg, model)
+
+            def closure():
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                return loss
+
+            if functional:
+                batch = BatchClosure(model, build_loss("mse"), x, y)
+                fn, args = (lambda: opt.step(batch)), ()
+            elif what == "train_step":
+                fn, args = (lambda: opt.step(closure)), ()
+            else:
+                loss = closure()
+                fn, args = ((lambda: opt.step()) if torch_own else (lambda l: opt.step(loss=l))), \
+                    (() if torch_own else (loss,))
+            e = torch._dynamo.explain(fn)(*args)
+            counts[what] = {"graphs": e.graph_count, "breaks": e.graph_break_count}
+        out[m] = counts
+    torch._dynamo.reset()
+    return out
 
 
 def bench_sweep(epochs: int, repeats: int) -> dict:
@@ -461,6 +514,8 @@ def main(argv=None) -> int:
                     help="also time SGD, SAV, RelSAV in a user's own loop on an nn.Sequential (autograd)")
     ap.add_argument("--sweep-epochs", type=int, default=0,
                     help="also time the README's fig7 sweep through each launcher, E epochs a job (0: skip)")
+    ap.add_argument("--graph-breaks", action="store_true",
+                    help="torch.compile's graphs and graph breaks of each method's step (Dynamo's explain)")
     ap.add_argument("--json", default="bench.json")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -491,7 +546,7 @@ def main(argv=None) -> int:
         print(f"gradflow-bench: error: --replica-lrs {args.replica_lrs!r}: positive numbers, comma-separated",
               file=sys.stderr)
         return 2
-    probs = [p.strip() for p in args.problems.split(",")]
+    probs = [p.strip() for p in args.problems.split(",") if p.strip()]     # "": none (e.g. --graph-breaks alone)
     if bad := [p for p in probs if p not in PROBLEMS]:
         print(f"gradflow-bench: error: unknown problem(s) {bad}; valid: {', '.join(PROBLEMS)}", file=sys.stderr)
         return 2
@@ -551,6 +606,13 @@ def main(argv=None) -> int:
               f"({clock_for(device)[1]}):")
         for m, v in res["own_loop"].items():
             print(f"  {m:32s} {1e3 * v['step_s']:8.3f} ms/step {v['ratio_sgd']:6.2f}× SGD")
+    if args.graph_breaks:
+        res["graph_breaks"] = graph_breaks(methods, dtype, device)
+        print("\ntorch.compile (Dynamo's explain): graphs / graph breaks")
+        print(f"  {'method':14s} {'opt.step alone':>16s} {'training step':>16s}")
+        for m, v in res["graph_breaks"].items():
+            a, b = v["step"], v["train_step"]
+            print(f"  {m:14s} {a['graphs']:>9d} / {a['breaks']:<4d} {b['graphs']:>9d} / {b['breaks']:<4d}")
     if args.sweep_epochs > 0:
         print(f"\nthe README's fig7 sweep (8 jobs, {args.sweep_epochs} epochs, one thread a process), wall time "
               "of the whole command:")

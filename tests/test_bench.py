@@ -48,7 +48,7 @@ def test_bench_own_loop_times_the_optimizers_against_sgd(tmp_path):
     res = json.loads(out.read_text())
     own = res["own_loop"]
     assert own["sgd"]["ratio_sgd"] == 1.0
-    assert {"sav", "relsav", "relsav, closure(backward=False)", "relsav, rhat_batch=next"} <= set(own)
+    assert {"sav", "relsav", "relsav, rhat_batch=same, closure(backward=False)"} <= set(own)
     assert all(v["step_s"] > 0 for v in own.values())
     assert any(line.split()[1:3] == ["own", "loop"] and "sav" in line for line in res["targets"])
 
@@ -61,3 +61,14 @@ def test_bench_sweep_runs_each_launcher(tmp_path):
     sweep = json.loads(out.read_text())["sweep"]
     assert set(sweep) == {"basic", "batched", "batched, n_jobs=2"} and sweep["basic"]["speedup"] == 1.0
     assert all(v["wall_s"] > 0 and math.isfinite(v["speedup"]) for v in sweep.values())
+
+
+def test_bench_counts_graph_breaks(tmp_path):
+    """--graph-breaks alone (no problem timed): each method's step traces to one graph."""
+    out = tmp_path / "bench.json"
+    assert main(["--problems", "", "--methods", "sgd,relsav,ieq,spm_sav", "--runner-epochs", "0", "--graph-breaks",
+                 "--json", str(out)]) == 0
+    counts = json.loads(out.read_text())["graph_breaks"]
+    assert set(counts) == {"sgd", "relsav", "ieq", "spm_sav"}
+    assert all(v["step"] == {"graphs": 1, "breaks": 0} for v in counts.values())
+    assert counts["relsav"]["train_step"]["breaks"] >= 1          # the closure's backward()
