@@ -184,7 +184,7 @@ def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
     for m in methods:
         cfg = optimizer_config(m)
         model = make_model()
-        cfg.lr = 1e-4 if m not in ("sgd",) else 1e-4   # tiny steps: timing, not training
+        cfg.lr = 1e-4              # tiny steps: timing, not training
         runs[m] = (model, build_optimizer(cfg, model))
 
     def run_steps(model, opt, k):

@@ -196,7 +196,8 @@ def write_record(path: Path, config: dict | None, overrides: list[str] | None = 
 # ------------------------------------------------------------------ comparing configs
 def changes(saved: dict, new: dict, skip=MAY_DIFFER) -> list[tuple[str, object, object]]:
     """(key, recorded, now) where two resolved configs differ, outside ``skip``; a key one
-    side lacks is taken at its default (`default_of`)."""
+    side lacks is taken at its default (`default_of`: for the record, what its run ran
+    with before the key existed)."""
     old, cur = flatten(saved), flatten(new)
     out = []
     for key in sorted(old.keys() | cur.keys()):
@@ -205,16 +206,17 @@ def changes(saved: dict, new: dict, skip=MAY_DIFFER) -> list[tuple[str, object, 
         a = old.get(key, _MISSING)
         b = cur.get(key, _MISSING)
         a = default_of(key, saved) if a is _MISSING else a
-        b = default_of(key, new) if b is _MISSING else b
+        b = default_of(key, new, legacy=False) if b is _MISSING else b
         if a != b:
             out.append((key, a, b))
     return out
 
 
-def default_of(key: str, config: dict):
+def default_of(key: str, config: dict, legacy: bool = True):
     """A key's value when a config lacks it: the schema's default, or, for an optimizer
     hyperparameter, what that optimizer ran with before the key existed (its
-    ``legacy_defaults``) or else its constructor's default (else missing)."""
+    ``legacy_defaults``; a recorded config, ``legacy``) or else its constructor's default
+    (else missing)."""
     table = defaults()
     if key in table:
         return table[key]
@@ -228,9 +230,9 @@ def default_of(key: str, config: dict):
             param = inspect.signature(cls.__init__).parameters.get(name)
         except Exception:  # noqa: BLE001 - an unknown class: no default
             cls, param = None, None
-        legacy = getattr(cls, "legacy_defaults", {})
-        if name in legacy:
-            return legacy[name]
+        before = getattr(cls, "legacy_defaults", {}) if legacy else {}
+        if name in before and param is not None:
+            return before[name]
         if param is not None and param.default is not inspect.Parameter.empty:
             return param.default
     return _MISSING

@@ -27,7 +27,6 @@ class AEGD(EnergyOptimizer):
     """Adaptive gradient descent with energy; see the module docstring."""
 
     diagnostic_keys = ("energy", "r", "r_hat", "q", "eff_step")
-    whole_model_keys = ("C", "restart")     # √(I + c) is the whole model's loss
 
     def __init__(self, params, lr: float = 0.1, C: float = 1.0, restart: str = "none",
                  time_scale: float = 1.0, replicas: int | None = None):
@@ -92,4 +91,4 @@ class AEGD(EnergyOptimizer):
         g0 = self.param_groups[0]
         return {"energy": energy, "r": energy.sqrt(), "r_hat": r_hat,
                 "q": energy.sqrt() / r_hat,
-                "eff_step": g0["lr"] * g0["time_scale"] * (lin / n) / r_hat}
+                "eff_step": self._lr(g0) * g0["time_scale"] * (lin / n) / r_hat}

@@ -125,6 +125,23 @@ def _choice(name: str, choices):
     return lambda value: check_choice(name, value, choices)
 
 
+# torch.optim's hyperparameters: set in a group of a method that lacks one, it is refused
+TORCH_HYPERPARAMETERS = frozenset({
+    "weight_decay", "momentum", "dampening", "nesterov", "maximize", "amsgrad", "betas", "eps", "lr_decay",
+    "initial_accumulator_value", "alpha", "centered", "rho", "foreach", "fused", "capturable", "decoupled_weight_decay"})
+
+
+def _same_value(a, b) -> bool:
+    """Equal hyperparameter values; a per-replica vector against a number or another vector
+    compared entry by entry."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        try:
+            return bool((torch.as_tensor(a, dtype=F64).cpu() == torch.as_tensor(b, dtype=F64).cpu()).all())
+        except (TypeError, RuntimeError, ValueError):
+            return False
+    return a == b
+
+
 # every hyperparameter of this package's optimizers and its check, applied to the defaults and to
 # every param group (`EnergyOptimizer._check_group`)
 CHECKS = {"lr": check_lr, "C": check_C, "lam": check_lam, "eta": check_eta, "betas": check_betas,
@@ -203,15 +220,20 @@ def mul_(xs, s) -> None:
 
 
 def add(xs, s):
-    return [x + _along(s, x) for x in xs] if _per_replica(s) else torch._foreach_add(xs, to_dtype(s, xs[0]))
+    if isinstance(s, float):
+        return torch._foreach_add(xs, s)
+    return [x + (_along(s, x) if _per_replica(s) else to_dtype(s, x)) for x in xs]
 
 
 def add_(xs, s) -> None:
-    if _per_replica(s):
-        for x in xs:
-            x.add_(_along(s, x))
-    else:
-        torch._foreach_add_(xs, to_dtype(s, xs[0]))
+    """xs += s. A tensor s (0-d, or per replica) is added tensor by tensor: torch's foreach
+    add with a tensor scalar reads it back to the host, which would stop an accelerator and
+    break a torch.compile graph."""
+    if isinstance(s, float):
+        torch._foreach_add_(xs, s)
+        return
+    for x in xs:
+        x.add_(_along(s, x) if _per_replica(s) else to_dtype(s, x))
 
 
 def fill_(xs, s) -> None:
@@ -341,13 +363,6 @@ def _accepts_backward(closure) -> bool:
     return "backward" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def public_attributes(opt) -> dict:
-    """An optimizer's public attributes, for ``__getstate__``: torch.optim.Optimizer's
-    pickles only defaults, state and param_groups, and a copy without the rest fails at its
-    next step."""
-    return {k: v for k, v in opt.__dict__.items() if not k.startswith("_")}
-
-
 # ------------------------------------------------------------------------- base class
 class EnergyOptimizer(Optimizer):
     """Base of this package's optimizers (not used directly).
@@ -359,11 +374,14 @@ class EnergyOptimizer(Optimizer):
     """
 
     diagnostic_keys: tuple[str, ...] = ()
-    whole_model_keys: tuple[str, ...] = ()
+    # one value for the whole optimizer, since the auxiliary variable is one number (those the
+    # class has): a param group may not set another
+    whole_model_keys: tuple[str, ...] = ("C", "eta", "restart", "rhat_batch")
     supports_complex = True
     # what a state dict (or a run's record) that lacks a hyperparameter ran with: the value
-    # before the key existed, where that is not the constructor's default
-    legacy_defaults: dict = {}
+    # before the key existed, where that is not the constructor's default (the relaxed
+    # methods evaluated r̂^{n+1} on the step's batch before rhat_batch existed)
+    legacy_defaults: dict = {"rhat_batch": "same"}
 
     def __init__(self, params, defaults: dict, replicas: int | None = None):
         if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1):
@@ -373,9 +391,10 @@ class EnergyOptimizer(Optimizer):
         super().__init__(params, {k: self._checked(k, v) for k, v in defaults.items()})
 
     def __getstate__(self) -> dict:
-        """torch.optim.Optimizer pickles only defaults, state and param_groups; the public
-        attributes (``replicas``) travel too, so a deep copy or an unpickled optimizer steps."""
-        return {**super().__getstate__(), **public_attributes(self)}
+        """torch.optim.Optimizer pickles only defaults, state and param_groups; ``replicas``
+        travels too, so a deep copy or an unpickled optimizer steps. (Not every attribute: a
+        scheduler keeps a wrapper of the original's ``step`` on the instance.)"""
+        return {**super().__getstate__(), "replicas": self.replicas}
 
     # -- param groups
     def add_param_group(self, param_group: dict) -> None:
@@ -406,19 +425,30 @@ class EnergyOptimizer(Optimizer):
                                      f"{self.replicas} (R models stacked), got shape {tuple(p.shape)}")
         if not self.supports_complex and any(p.is_complex() for p in params):
             raise ValueError(f"{type(self).__name__} does not support complex parameters")
+        self._check_no_foreign_keys(group)
         if index > 0:
             self._check_whole_model(group, index)
 
     def _check_whole_model(self, group: dict, index: int) -> None:
         first = self.param_groups[0]
         for key in self.whole_model_keys:
+            if key not in self.defaults:
+                continue
             a, b = group.get(key), first.get(key)
-            same = torch.equal(a, b) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) else a == b
-            if not same:
+            if not _same_value(a, b):
                 raise ValueError(
                     f"{type(self).__name__}: {key} is one value for the whole optimizer (its auxiliary variable is "
                     f"one number for the whole model), but param group {index} has {key}={a!r} and group 0 "
                     f"{key}={b!r}; set {key} once, for all groups")
+
+    def _check_no_foreign_keys(self, group: dict) -> None:
+        """A torch.optim hyperparameter this method does not have (``weight_decay`` in a
+        group, as one would write for SGD) is refused, not ignored; other keys (a group's
+        ``name`` for a logger, a scheduler's ``initial_lr``) pass, as torch lets them."""
+        foreign = sorted((group.keys() & TORCH_HYPERPARAMETERS) - self.defaults.keys())
+        if foreign:
+            raise ValueError(f"{type(self).__name__} has no hyperparameter {', '.join(foreign)} (its "
+                             f"hyperparameters: {', '.join(k for k in self.defaults if k in CHECKS)})")
 
     def _check_groups_agree(self) -> None:
         """At a step: the whole-model values still agree (a loop may have written one group's)."""
@@ -588,6 +618,12 @@ class EnergyOptimizer(Optimizer):
 
     def _take_restart(self) -> bool:
         return bool(self._anchor().pop("restart_pending", False))
+
+    def _take_relaxation(self, restart: bool):
+        """The relaxation budget the last step left for this one (``rhat_batch='next'``),
+        or None: none was left, or a restart discards it."""
+        pending = self._anchor().pop("relax_budget", None)
+        return None if pending is None or restart else self._scalar(pending)
 
     # -- checkpointing
     def load_state_dict(self, state_dict: dict) -> None:

@@ -68,8 +68,6 @@ class ExpSAV(EnergyOptimizer):
 
     relax = False
     diagnostic_keys = ("energy", "q", "eff_step")
-    whole_model_keys = ("C", "eta", "restart", "rhat_batch")    # log r is one number for the whole model
-    legacy_defaults = {"rhat_batch": "same"}    # the relaxed step before rhat_batch existed
 
     def __init__(self, params, lr: float = 0.2, C: float = 1.0, lam: float = 0.0,
                  restart: str = "none", time_scale: float = 1.0, replicas: int | None = None):
@@ -103,10 +101,10 @@ class ExpSAV(EnergyOptimizer):
         s_prev = self._get(anchor, "log_r", s_hat)        # log r⁰ = I(θ⁰)/C
         restart = self._take_restart()
         diag = {}
-        pending = anchor.pop("relax_budget", None)        # rhat_batch='next': η(sⁿ − s̃) of the last step
-        if pending is not None and not restart:
+        pending = self._take_relaxation(restart)          # rhat_batch='next': η(sⁿ − s̃) of the last step
+        if pending is not None:
             # relax the last step's s̃ toward ŝ on THIS batch at θⁿ: no extra forward pass
-            s_prev, diag["xi"] = self._relax(s_hat, s_prev, self._scalar(pending))
+            s_prev, diag["xi"] = self._relax(s_hat, s_prev, pending)
         elif self.relax and not same_batch:
             diag["xi"] = 0.0
         s_n = s_hat if restart else s_prev

@@ -43,6 +43,12 @@ from gradflow_exp.optim.base import F64, EnergyOptimizer, dot
 NARROW = (torch.bfloat16, torch.float16)
 
 
+def _add_scaled(A: torch.Tensor, B: torch.Tensor, c) -> torch.Tensor:
+    """A += c·B, c a float or a 0-d tensor (a tensor lr): as ``alpha`` a tensor would be read
+    back to the host."""
+    return A.add_(B, alpha=c) if isinstance(c, float) else A.add_(B * c)
+
+
 def _solve_dtype(dtype: torch.dtype) -> torch.dtype:
     """The N × N solve runs in float32 for half-precision parameters (no half Cholesky)."""
     return torch.float32 if dtype in NARROW else dtype
@@ -97,7 +103,10 @@ class IEQ(EnergyOptimizer):
         for group, trained, names in groups:
             Jg = torch.cat([jac[n].reshape(N, -1) for n in names], dim=1).to(work)   # N × n_g
             c = self._lr(group) * group["time_scale"] * 2.0 / N                    # Δt K (2/N)
-            A.addmm_(Jg, Jg.T, alpha=c)                   # A = I + Δt K (2/N) J Jᵀ
+            if isinstance(c, float):
+                A.addmm_(Jg, Jg.T, alpha=c)               # A = I + Δt K (2/N) J Jᵀ
+            else:
+                _add_scaled(A, Jg @ Jg.T, c)
             blocks.append((trained, Jg, c))
         q_new = self._solve(A, q)
 
@@ -135,9 +144,9 @@ class IEQ(EnergyOptimizer):
             N = q.numel()
             work = _solve_dtype(q.dtype)
             c = self._lr(group0) * group0["time_scale"] * 2.0 / N                # Δt K (2/N)
-            A = torch.eye(N, dtype=work, device=q.device).add_(G.to(work), alpha=c)   # I + Δt K (2/N) J Jᵀ
-            q_new = self._solve(A, q.to(work)).to(q.dtype)
-            deltas = [c * t for t in vjp(q_new)]          # θⁿ − θ^{n+1} = Δt K (2/N) Jᵀ q^{n+1}
+            A = _add_scaled(torch.eye(N, dtype=work, device=q.device), G.to(work), c)   # I + Δt K (2/N) J Jᵀ
+            q_new = self._solve(A, q.to(work))            # kept in the solve's dtype for the diagnostics
+            deltas = [c * t for t in vjp(q_new.to(q.dtype))]   # θⁿ − θ^{n+1} = Δt K (2/N) Jᵀ q^{n+1}
             grads = [(2.0 / N) * t for t in vjp(q)]       # ∇I = (2/N) Jᵀ qⁿ
             along, gnorm2 = dot(deltas, grads), dot(grads, grads)
             for p, d in zip(group0["params"], deltas):

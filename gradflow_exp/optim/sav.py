@@ -98,8 +98,6 @@ class _SAVCore(EnergyOptimizer):
     relax = False
     adaptive = False
     diagnostic_keys = ("energy", "r", "r_hat", "q", "eff_step")
-    whole_model_keys = ("C", "eta", "restart", "rhat_batch")     # r is one number for the whole model
-    legacy_defaults = {"rhat_batch": "same"}    # the relaxed step before rhat_batch existed
 
     def __init__(self, params, *, lr, C, lam, time_scale, restart="none", eta=None,
                  rhat_batch="next", betas=None, eps=None, second_moment=None, replicas=None):
@@ -178,11 +176,11 @@ class _SAVCore(EnergyOptimizer):
         r_prev = self._get(anchor, "r", sqrtE)             # r⁰ = √(I(θ⁰)+C)
         restart = self._take_restart()
         diag = {}
-        pending = anchor.pop("relax_budget", None)         # rhat_batch='next': ηD of the last step
-        if pending is not None and not restart:
+        pending = self._take_relaxation(restart)           # rhat_batch='next': ηD of the last step
+        if pending is not None:
             # relax the last step's r̃ toward r̂ on THIS batch at θⁿ: no extra forward pass
-            r_prev, diag["xi"] = self._relax(sqrtE, r_prev, self._scalar(pending))
-        elif self.relax and g0["rhat_batch"] == "next":
+            r_prev, diag["xi"] = self._relax(sqrtE, r_prev, pending)
+        elif self.relax and not same_batch:
             diag["xi"] = 0.0
         r_n = sqrtE if (self.reset or restart) else r_prev  # ResSAV / restart: rⁿ ← r̂ⁿ
 
@@ -206,7 +204,9 @@ class _SAVCore(EnergyOptimizer):
             ms, bc1, denom = self._moments(group, owners, grads)
             # d = τ (I + τℒ)⁻¹ m̂ with τ = Δt/denom:  d = Δt m̂/(denom + λΔt) = (Δt/(1−β₁ᵗ)) m/(denom + λΔt)
             if isinstance(denom, (list, tuple)):
-                if self.relax:      # D needs denom itself (kept exact: no add-then-subtract)
+                if isinstance(lam, float) and lam == 0:     # λ = 0: nothing to add
+                    shifted = denom
+                elif self.relax:    # D needs denom itself (kept exact: no add-then-subtract)
                     shifted = add(denom, lam * dt)
                 else:
                     shifted = denom

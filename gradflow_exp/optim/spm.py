@@ -31,8 +31,6 @@ import torch
 from torch.func import grad, vmap
 from torch.optim import Optimizer
 
-from gradflow_exp.optim.base import public_attributes
-
 _PASSTHROUGH = ("diagnostics", "epoch_start")
 
 
@@ -176,7 +174,7 @@ class SPM(Optimizer):
 
     def __getstate__(self) -> dict:
         """The wrapper's own attributes and its base (torch's pickles only the shared three)."""
-        return public_attributes(self)
+        return {k: self.__dict__[k] for k in ("base", "J", "h", "replicas", "generators", "last_xi")}
 
     @torch.no_grad()
     def step(self, closure=None, loss=None):
@@ -215,6 +213,7 @@ class SPM(Optimizer):
     @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict) -> None:
         """Load `state_dict` (or the layout of earlier versions, ``{'base', 'spm'}``)."""
+        state_dict = dict(state_dict)         # a pre-hook may edit it: never the caller's
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             state_dict = hook(self, state_dict) or state_dict
         spm = state_dict["spm"]

@@ -22,13 +22,17 @@ from test_optim_contract import INFOS, build, classes_of, flat, loss_of, problem
 STEP_BREAKS = {"SPM(SGD)": 1}
 
 
-def explain_step(info):
+def explain_step(info, lr_tensor=False, warm=0):
     """Dynamo's account of ``opt.step`` alone (after an eager backward; a BatchClosure's
-    step for IEQ and SPM, which evaluate the loss themselves)."""
+    step for IEQ and SPM, which evaluate the loss themselves), after ``warm`` eager steps
+    (a relaxed method's later steps start from the relaxation the last one left)."""
     torch._dynamo.reset()
     inp = info.inputs[0]
     model, x, y = problem()
-    opt = build(info, inp, model.parameters())
+    lr = inp.kwargs["lr"]
+    opt = build(info, inp, model.parameters(), lr=torch.tensor(lr) if lr_tensor else lr)
+    for _ in range(warm):
+        step(opt, info, inp, model, x, y)
     if info.functional:
         closure = BatchClosure(model, MSELoss(), x, y)
         return torch._dynamo.explain(lambda: opt.step(closure))()
@@ -40,9 +44,11 @@ def explain_step(info):
     return torch._dynamo.explain(lambda l: opt.step(loss=l))(loss)
 
 
+@pytest.mark.parametrize("warm", [0, 2], ids=["first step", "third step"])
+@pytest.mark.parametrize("lr_tensor", [False, True], ids=["float lr", "tensor lr"])
 @pytest.mark.parametrize("info", classes_of(INFOS))
-def test_the_optimizer_step_traces_without_graph_breaks(info):
-    out = explain_step(info)
+def test_the_optimizer_step_traces_without_graph_breaks(info, lr_tensor, warm):
+    out = explain_step(info, lr_tensor, warm)
     assert out.graph_break_count <= STEP_BREAKS.get(info.name, 0), [r.reason[:200] for r in out.break_reasons]
 
 

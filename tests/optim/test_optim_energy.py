@@ -257,3 +257,29 @@ def test_relaxation_on_the_next_batch_keeps_the_energy_and_needs_no_forward(cls,
         assert all(b <= a * (1 + 1e-14) for a, b in zip(relaxed, relaxed[1:])), relaxed
         assert all(0.0 <= xi <= 1.0 for xi in xis) and max(xis) > 0   # it did relax
         Counting.forward_only = 0
+
+
+@pytest.mark.parametrize("dt", DTS)
+def test_relexpsav_relaxation_on_the_next_batch_keeps_log_r_non_increasing(dt):
+    """RelExpSAV with rhat_batch='next': the log r carried into each step, relaxed there
+    toward I(θⁿ)/C on that step's batch, min(ŝ, s̃ + η(s − s̃)), never increases; ξ ∈ [0, 1]."""
+    C = 0.5
+    for _, make, x, y in problems():
+        model = make()
+        opt = RelExpSAV(model.parameters(), lr=dt, C=C, lam=1.0, time_scale=2.0)
+        carried, xis = [], []
+        for _, _, xb, yb in batches(x, y, 16, 3):
+            cl = closure_for(model, xb, yb)
+            s_hat = float(cl(backward=False)) / C
+            st = anchor(opt)
+            if "log_r" in st:
+                s_tilde, gain = st["log_r"].item(), st["relax_budget"].item()
+                carried.append(min(s_hat, s_tilde + gain))
+            else:
+                carried.append(s_hat)
+            opt.step(cl)
+            xis.append(float(opt.diagnostics()["xi"]))
+            torch.testing.assert_close(float(opt.diagnostics()["q"]), math.exp(carried[-1] - s_hat), rtol=1e-9, atol=0)
+        assert all(b <= a + 1e-12 * max(1.0, abs(a)) for a, b in zip(carried, carried[1:])), carried
+        assert all(0.0 <= xi <= 1.0 for xi in xis) and max(xis) > 0
+        assert torch.isfinite(flat(model)).all()
