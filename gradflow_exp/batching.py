@@ -4,7 +4,7 @@ batched launcher's logic (hydra_plugins/gradflow_batched_launcher).
 Jobs may share a batch when their configs differ in nothing but the keys replicas may
 differ in (`REPLICA_KEYS`: the seed, Δt, C, λ, η) and their method stacks
 (`gradflow_exp.optim.build_replica_optimizer`). Each job keeps its own run directory and
-everything in it; the group is trained by gradflow_exp/replicas.py's `train_together`.
+everything in it; the group is trained on the one run path, gradflow_exp/batch.py.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gradflow_exp import schema
+from gradflow_exp.cli import JOB_OUTCOMES
 from gradflow_exp.rundir import covered, flatten
 
 log = logging.getLogger("gradflow_exp")
@@ -74,8 +75,9 @@ def run_group(jobs: list[Job], threads: int | None = None) -> list[float | None]
     them alone, so that each reports its own error)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from gradflow_exp import job as runner
-    from gradflow_exp import replicas
+    from gradflow_exp.batch import Member, train_together
+    from gradflow_exp.job import objective
+    from gradflow_exp.replicas import check_supported
 
     reps = []
     for job in jobs:
@@ -84,27 +86,31 @@ def run_group(jobs: list[Job], threads: int | None = None) -> list[float | None]
             with open_dict(cfg):
                 cfg.threads = threads
         node = OmegaConf.to_container(job.cfg.hydra.job, resolve=False)
-        reps.append(replicas.Replica(seed=int(cfg.seed), hparams=None, name=f"job {job.idx}", cfg=cfg, dir=job.dir,
-                                     overrides=list(job.overrides), cfg_name=node.get("override_dirname") or "default",
-                                     hydra=job.cfg.hydra))
+        reps.append(Member(seed=int(cfg.seed), hparams=None, name=f"job {job.idx}", cfg=cfg, dir=job.dir,
+                           overrides=list(job.overrides), cfg_name=node.get("override_dirname") or "default",
+                           hydra=job.cfg.hydra))
+    for k, rep in enumerate(reps):
+        rep.in_batch = {"batch_dir": str(jobs[0].dir.parent), "index": k, "of": len(reps)}
     HydraConfig.instance().set_config(jobs[0].cfg)
     handlers = _log_files([j.dir for j in jobs])
     try:
-        replicas.train_together(reps[0].cfg, reps, runner.build, runner.set_threads,
-                                batch_dir=jobs[0].dir.parent)
+        check_supported(reps[0].cfg, reps)
+        train_together(reps[0].cfg, reps, batch_dir=jobs[0].dir.parent)
     except schema.ConfigError as e:
         log.warning("these jobs cannot train as one batch (%s); running them one by one", e)
         return [None] * len(jobs)
     except Exception as e:  # noqa: BLE001 - a fault: each run's summary says failed; the sweep goes on
         log.error("batch of %d jobs failed: %s: %s", len(jobs), type(e).__name__, e)
+        JOB_OUTCOMES.extend([False] * len(jobs))
         return [math.inf] * len(jobs)
     finally:
         for h in handlers:
             logging.getLogger().removeHandler(h)
             h.close()
+    JOB_OUTCOMES.extend((r.summary or {}).get("status") not in (None, "failed") for r in reps)
     if any((r.summary or {}).get("status") == "interrupted" for r in reps):
         raise SystemExit(143)                # SIGTERM: stop the sweep, as a killed job would
-    return [runner.objective(r.summary or {}, str(r.cfg.hparams_objective)) for r in reps]
+    return [objective(r.summary or {}, str(r.cfg.hparams_objective)) for r in reps]
 
 
 class GroupJob:

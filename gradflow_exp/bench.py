@@ -522,7 +522,7 @@ def main(argv=None) -> int:
                           else ("cpu" if args.device == "auto" else args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
-    from gradflow_exp.job import reuse_freed_memory
+    from gradflow_exp.build import reuse_freed_memory
     reuse_freed_memory()            # as a job does: the runner and the plain script alike
     dtype = getattr(torch, args.dtype)
     methods = [m.strip() for m in args.methods.split(",")]

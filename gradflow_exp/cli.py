@@ -22,6 +22,12 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 TRACEBACK_ENV = "GRADFLOW_TRACEBACK"
 
 
+# Whether each job of this process's sweep ended without an error (gradflow_exp/train.py and
+# the batched launcher's groups append): a sweep whose every job failed or was refused exits
+# non-zero. Jobs that ran in other processes (joblib, submitit) are not counted.
+JOB_OUTCOMES: list[bool] = []
+
+
 def tracebacks_wanted() -> bool:
     return os.environ.get(TRACEBACK_ENV) == "1"
 
@@ -44,25 +50,51 @@ def run(task, args: list[str]) -> None:
     sys.argv[1:] = args
     os.environ[TRACEBACK_ENV] = "1" if debug else "0"     # for the jobs, here and in launched processes
     os.environ["HYDRA_FULL_ERROR"] = "1"     # Hydra raises instead of printing; we print
+    multirun = any(a in MULTIRUN_FLAGS for a in args) or "hydra.mode=MULTIRUN" in args
+    JOB_OUTCOMES.clear()
+    sweep_lock = None
     try:
+        sweep_lock = _hold_sweep_dir(args) if multirun else None
         task()
+        if multirun and JOB_OUTCOMES and not any(JOB_OUTCOMES):
+            _exit(f"every job of the sweep failed or was refused ({len(JOB_OUTCOMES)} of "
+                  f"{len(JOB_OUTCOMES)}); each one's error is above", 1)
     except (HydraException, OmegaConfBaseException, OSError, ValueError) as e:
         if debug:
             raise
         _exit(hydra_message(e), 2)
     except KeyboardInterrupt:
-        _exit("interrupted (Ctrl-C); the same command resumes from the last checkpoint", 130)
+        _exit("interrupted (Ctrl-C) mid-epoch; the same command resumes from the run's last checkpoint "
+              "(one every trainer.checkpoint_minutes)", 130)
     except Exception as e:  # noqa: BLE001 - a fault outside any job (a sweeper, a launcher)
         if debug:
             raise
         _exit(f"{type(e).__name__}: {_first_line(e)}", 1)
     finally:
+        if sweep_lock is not None:
+            sweep_lock.release()
         sys.argv[1:] = saved_argv
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _hold_sweep_dir(args: list[str]):
+    """A sweep into a named ``hydra.sweep.dir`` holds its lock while it runs: a second sweep
+    on a directory in use is refused at once, in one line (a timestamped default is new)."""
+    from gradflow_exp.rundir import Lock, RunDirError
+
+    named = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0].lstrip("+") == "hydra.sweep.dir"]
+    if not named:
+        return None
+    lock = Lock(Path(named[-1]).expanduser())
+    try:
+        lock.acquire()
+    except RunDirError as e:
+        _exit(str(e).replace("hydra.run.dir", "hydra.sweep.dir"), 2)
+    return lock
 
 
 # Hydra's flags that take a value (``--cfg job``), and --info's optional one
@@ -92,11 +124,22 @@ def flags_first(args: list[str]) -> list[str]:
     return flags + overrides
 
 
+RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
 def check_arguments(args: list[str]) -> None:
-    """Hydra's own argument parser on ``args``; its complaint as one line (not a usage page)."""
+    """Hydra's own argument parser on ``args``; its complaint as one line (not a usage page).
+    An empty run or sweep directory is refused: Hydra would write the run into the current
+    directory."""
     from hydra._internal.utils import get_args_parser
 
     from gradflow_exp.schema import ConfigError
+
+    for a in args:
+        key, eq, value = a.partition("=")
+        if eq and key.lstrip("+~") in RUN_DIR_KEYS and not value.strip().strip("'\"").strip():
+            raise ConfigError(f"{key.lstrip('+~')} is empty: a run needs a directory of its own "
+                              f"(leave it out for outputs/<experiment>/..., or give a path)")
 
     parser = get_args_parser()
 
@@ -145,11 +188,13 @@ def _first_line(e: BaseException) -> str:
 
 def hydra_message(e: BaseException) -> str:
     """What Hydra (or OmegaConf, or the file system) raised before a job ran, in one line."""
-    from hydra.errors import MissingConfigException, OverrideParseException
+    from hydra.errors import InstantiationException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     from gradflow_exp.schema import omegaconf_message, unknown_key_message
 
+    if isinstance(e, InstantiationException) and isinstance(e.__cause__, (ValueError, TypeError)):
+        return _first_line(e.__cause__)     # a plugin's own check (the launcher's settings)
     cause = e.__cause__
     if isinstance(e, MissingConfigException) or "Could not find" in str(e):
         return _missing_option(str(e))

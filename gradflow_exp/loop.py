@@ -41,15 +41,12 @@ from tqdm.auto import tqdm
 from gradflow_exp.data import Dataset
 from gradflow_exp.diagnostics import build_diagnostics
 from gradflow_exp.flags import COLLAPSE_Q, run_flags
-from gradflow_exp.losses import metric_sums, metrics_from_sums
+from gradflow_exp.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER, evaluate
 from gradflow_exp.optim import BatchClosure, ReplicaClosure
 from gradflow_exp.optim.stacked import split_state, stack_states
 from gradflow_exp.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
-
-ERROR_METRICS = ("train_mse", "test_mse", "train_rel_error", "test_rel_error", "train_loss")
-ACCURACY_METRICS = ("train_accuracy", "test_accuracy")
 
 
 @dataclass
@@ -63,6 +60,7 @@ class LoopConfig:
     eval_chunk: int = 2048            # rows per forward pass when evaluating full sets (docs/speed.md)
     collapse_q: float = COLLAPSE_Q    # summary flags q = r/r̂ below this as a collapsed auxiliary variable
     checkpoint_every: int | None = None   # epochs between on_checkpoint calls (None: none)
+    checkpoint_minutes: float | None = None   # and at most this much wall time between them (None: none)
     scheduler: dict | None = None     # the `scheduler` node (None: constant lr)
     diagnostics: dict | None = None   # the `diagnostics` node (None: none)
 
@@ -188,15 +186,6 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 # ------------------------------------------------------------------ metrics
 @torch.no_grad()
-def evaluate(model, x, y, chunk: int) -> dict[str, float]:
-    sums = None
-    for i in range(0, x.shape[0], chunk):
-        part = metric_sums(model(x[i:i + chunk]), y[i:i + chunk])
-        sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
-    return metrics_from_sums(sums)
-
-
-@torch.no_grad()
 def full_loss(model, loss_fn, x, y, chunk: int) -> float:
     """The training loss on a whole set (epoch 0's ``train_loss``), in chunks of rows like
     `evaluate` when the loss is a mean over rows: one pass over fig10's 80 000 rows × 10 000
@@ -216,183 +205,227 @@ def full_loss(model, loss_fn, x, y, chunk: int) -> float:
 def train(trainee, cfg: LoopConfig, runs: list[Run], should_stop=None) -> list[dict]:
     """Train ``trainee``'s R runs (``runs[k]`` is replica k's end) and return their summaries.
 
-    ``should_stop()`` is polled after every epoch (SIGTERM): when true every run still
-    going ends there with status ``interrupted``. A run resumes from ``runs[k].resume``
-    (all resumed runs of one call at the same epoch).
+    ``should_stop()`` is polled after every epoch (SIGTERM, Ctrl-C): when true every run
+    still going ends there with status ``interrupted``, its checkpoint written. A run
+    resumes from ``runs[k].resume`` (all resumed runs of one call at the same epoch).
     """
-    R, opt, loss_fn = trainee.R, trainee.optimizer, trainee.loss_fn
-    datas = trainee.datas
-    n = datas[0].x_train.shape[0]
-    bs = min(cfg.batch_size or n, n)
-    n_batches = math.ceil(n / bs)
-    device = datas[0].x_train.device
-    gens = [torch.Generator(device=device).manual_seed(run.seed) for run in runs]   # data order, not init
-    scheduler = build_scheduler(cfg.scheduler, opt, cfg.epochs)   # sets epoch 1's lr
-    diag = build_diagnostics(cfg.diagnostics, bs, cfg.epochs, runs[0].seed)
-    diags = [diag] + [build_diagnostics(cfg.diagnostics, bs, cfg.epochs, r.seed) for r in runs[1:]]
-    loss_epoch_start = getattr(loss_fn, "epoch_start", None)
-    loss_diagnostics = getattr(loss_fn, "diagnostics", None)
-    opt_diagnostics = getattr(opt, "diagnostics", None)
+    loop = _Loop(trainee, cfg, runs)
+    loop.start()                                   # epoch 0's row, or the checkpoint's state
+    bar = tqdm(loop.epochs_left(), desc="train" if loop.R == 1 else f"train ×{loop.R}",
+               disable=not cfg.progress, dynamic_ncols=True, leave=False)
+    try:
+        for epoch in bar:
+            loss = loop.epoch(epoch)               # every batch's step
+            loop.log(epoch, loss)                  # the rows due, and those of a run that diverged
+            loop.show(bar)
+            if not loop.live():
+                break
+            loop.schedule(loss)
+            if epoch == cfg.epochs:
+                break                              # `complete` writes the final checkpoint
+            loop.checkpoint(epoch)
+            if should_stop is not None and should_stop():
+                log.warning("stop requested: interrupted after epoch %d, checkpoint written", epoch)
+                loop.end_all("interrupted")
+                break
+        loop.end_all("completed")
+    except BaseException as e:
+        loop.abort(e)                              # mid-epoch: the last periodic checkpoint resumes it
+        raise
+    finally:
+        bar.close()
+    return loop.summaries
 
-    t0 = time.perf_counter()
-    wall0 = 0.0                       # wall time of earlier segments of a resumed run
-    diag_time = 0.0                   # seconds spent in diagnostics (not in wall_time)
-    steps = 0
-    status = ["running"] * R
-    rows: list[list[dict]] = [[] for _ in range(R)]
-    summaries: list[dict | None] = [None] * R
-    last_epoch = 0
-    loss_sum = torch.zeros(R, dtype=datas[0].x_train.dtype, device=device)
 
-    def wall() -> float:
-        return wall0 + time.perf_counter() - t0 - diag_time
+class _Loop:
+    """The state one `train` call carries across epochs, and its steps by name."""
 
-    def log_rows(epoch: int, train_loss, which) -> dict[int, dict]:
-        nonlocal diag_time
-        values = opt_diagnostics() if opt_diagnostics is not None else {}
+    def __init__(self, trainee, cfg: LoopConfig, runs: list[Run]):
+        self.trainee, self.cfg, self.runs, self.R = trainee, cfg, runs, trainee.R
+        datas = trainee.datas
+        self.n = datas[0].x_train.shape[0]
+        self.bs = min(cfg.batch_size or self.n, self.n)
+        self.n_batches = math.ceil(self.n / self.bs)
+        self.device = datas[0].x_train.device
+        self.gens = [torch.Generator(device=self.device).manual_seed(run.seed) for run in runs]   # data order
+        self.scheduler = build_scheduler(cfg.scheduler, trainee.optimizer, cfg.epochs)   # sets epoch 1's lr
+        self.diags = [build_diagnostics(cfg.diagnostics, self.bs, cfg.epochs, run.seed) for run in runs]
+        self.opt_diagnostics = getattr(trainee.optimizer, "diagnostics", None)
+        self.steps, self.last_epoch = 0, 0
+        self.status = ["running"] * self.R
+        self.rows: list[list[dict]] = [[] for _ in range(self.R)]
+        self.summaries: list[dict | None] = [None] * self.R
+        self.loss_sum = torch.zeros(self.R, dtype=datas[0].x_train.dtype, device=self.device)
+        self.t0, self.wall0, self.diag_time = time.perf_counter(), 0.0, 0.0   # diagnostics: not in wall_time
+        self.last_save = self.t0
+
+    # -- start: a fresh run's epoch 0, or a checkpoint's state
+    def start(self) -> None:
+        resumes = [run.resume for run in self.runs]
+        if all(r is None for r in resumes):
+            t, d = self.trainee, self.trainee.datas
+            self.log_rows(0, [full_loss(t.model(k), t.loss_fn, d[k].x_train, d[k].y_train, self.cfg.eval_chunk)
+                              for k in range(self.R)], range(self.R))
+            return
+        if any(r is None for r in resumes) or len({r["epoch"] for r in resumes}) != 1:
+            raise ValueError("runs trained as one batch resume together, from checkpoints of one epoch")
+        self.trainee.load(resumes)
+        first = resumes[0]
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(first["scheduler"])
+        for k, r in enumerate(resumes):
+            self.gens[k].set_state(r["data_rng"])
+            self.rows[k] = [dict(row) for row in r["rows"]]      # the sinks already hold these
+        if self.runs[0].rng is None:          # one run: the process's RNGs are its own
+            _set_rngs(first, self.device)
+        self.last_epoch, self.steps, self.wall0 = first["epoch"], first["steps"], first["wall_time"]
+        for k, r in enumerate(resumes):
+            if r["status"] == "diverged":       # killed between its checkpoint and its summary
+                self.finish(k, "diverged")      # (a completed one trains on if asked for more epochs)
+
+    def epochs_left(self) -> range:
+        return range(self.last_epoch + 1, self.cfg.epochs + 1) if "running" in self.status else range(0)
+
+    # -- one epoch
+    def epoch(self, epoch: int) -> list[float]:
+        """Every batch's step; the epoch's mean training loss of each run."""
+        t, cfg = self.trainee, self.cfg
+        epoch_start = getattr(t.optimizer, "epoch_start", None)
+        if epoch_start is not None:
+            epoch_start()
+        loss_epoch_start = getattr(t.loss_fn, "epoch_start", None)
+        if loss_epoch_start is not None:
+            loss_epoch_start(epoch)
+        shuffle = cfg.shuffle and self.bs < self.n
+        t.order([torch.randperm(self.n, generator=g, device=self.device) if shuffle else None for g in self.gens])
+        self.loss_sum.zero_()
+        for b in range(self.n_batches):
+            self.loss_sum += t.step(b, self.bs)
+            self.steps += 1
+        self.last_epoch = epoch
+        return [v / self.n_batches for v in self.loss_sum.tolist()]    # one sync an epoch; float64
+
+    # -- rows
+    def log(self, epoch: int, loss: list[float]) -> None:
+        """The epoch's row for each live run where one is due, and for a run whose loss is no
+        longer finite, which ends there as diverged (the others go on)."""
+        cfg = self.cfg
+        due = epoch % cfg.log_every == 0 or epoch == cfg.epochs or (self.diags[0] is not None and self.diags[0].due(epoch))
+        which = [k for k in self.live() if due or not math.isfinite(loss[k])]
+        for k, row in self.log_rows(epoch, loss, which).items():
+            if not math.isfinite(loss[k]) or not _finite_row(row):
+                log.warning("%s: loss is not finite at epoch %d: run diverged%s", self.runs[k].name, epoch,
+                            " (the others go on)" if self.R > 1 else "")
+                self.finish(k, "diverged")
+
+    def log_rows(self, epoch: int, train_loss, which) -> dict[int, dict]:
+        t, cfg = self.trainee, self.cfg
+        values = self.opt_diagnostics() if self.opt_diagnostics is not None else {}
+        loss_diagnostics = getattr(t.loss_fn, "diagnostics", None)
         out = {}
         for k in which:
-            model, data = trainee.model(k), datas[k]
-            row = {"epoch": epoch, "step": steps, "train_loss": train_loss[k]}
+            model, data = t.model(k), t.datas[k]
+            row = {"epoch": epoch, "step": self.steps, "train_loss": train_loss[k]}
             row.update({f"train_{key}": v for key, v in evaluate(model, data.x_train, data.y_train, cfg.eval_chunk).items()})
             row.update({f"test_{key}": v for key, v in evaluate(model, data.x_test, data.y_test, cfg.eval_chunk).items()})
-            group = trainee.group(k)
-            row["lr"] = trainee.value(group["lr"], k)
-            row["wall_time"] = wall()
-            row.update({key: trainee.value(v, k) for key, v in values.items()})
+            group = t.group(k)
+            row["lr"] = t.value(group["lr"], k)
+            row["wall_time"] = self.wall()
+            row.update({key: t.value(v, k) for key, v in values.items()})
             if loss_diagnostics is not None:
                 row.update(loss_diagnostics({n: p for n, p in model.named_parameters() if p.requires_grad}))
-            if diags[k] is not None:
-                t = time.perf_counter()
-                step = row["lr"] * trainee.value(group.get("time_scale", 1.0), k)
-                row.update(diags[k].row(epoch, model, step, loss_fn, data.x_train, data.y_train))
-                diag_time += time.perf_counter() - t
-                row["wall_time"] = wall()
-            rows[k].append(row)
-            for sink in runs[k].sinks:
+            if self.diags[k] is not None:
+                start = time.perf_counter()
+                step = row["lr"] * t.value(group.get("time_scale", 1.0), k)
+                row.update(self.diags[k].row(epoch, model, step, t.loss_fn, data.x_train, data.y_train))
+                self.diag_time += time.perf_counter() - start
+                row["wall_time"] = self.wall()
+            self.rows[k].append(row)
+            for sink in self.runs[k].sinks:
                 sink.log(row)
             out[k] = row
         return out
 
-    def state(k: int, st: str) -> dict:
-        """Everything the rest of run k depends on, at the end of epoch ``last_epoch``."""
-        rng = runs[k].rng or {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                              "python_rng": random.getstate(),
-                              "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        return {"epoch": last_epoch, "steps": steps, "status": st, "wall_time": wall(),
-                "rows": [dict(r) for r in rows[k]], **trainee.state(k), "data_rng": gens[k].get_state(),
-                **rng, "scheduler": scheduler.state_dict() if scheduler is not None else None}
+    def show(self, bar) -> None:
+        if self.R > 1:
+            bar.set_postfix(running=f"{len(self.live())}/{self.R}", refresh=False)
+        elif self.status[0] == "running" and self.rows[0]:
+            row = self.rows[0][-1]
+            bar.set_postfix(train=f"{row['train_rel_error']:.3g}", test=f"{row['test_rel_error']:.3g}", refresh=False)
 
-    def finish(k: int, st: str, error: str | None = None) -> None:
-        status[k] = st
-        summaries[k] = _summary(rows[k], st, error, steps, last_epoch, wall(), cfg)
-        if runs[k].on_finish is not None:
-            runs[k].on_finish(summaries[k], None if error is not None else state(k, st))
+    # -- between epochs
+    def schedule(self, loss: list[float]) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step(self.loss_sum[0] / self.n_batches)
 
-    resumes = [run.resume for run in runs]
-    if all(r is None for r in resumes):
-        log_rows(0, [full_loss(trainee.model(k), loss_fn, datas[k].x_train, datas[k].y_train, cfg.eval_chunk)
-                     for k in range(R)], range(R))
-    else:
-        if any(r is None for r in resumes) or len({r["epoch"] for r in resumes}) != 1:
-            raise ValueError("runs trained as one batch resume together, from checkpoints of one epoch")
-        trainee.load(resumes)
-        first = resumes[0]
-        if scheduler is not None:
-            scheduler.load_state_dict(first["scheduler"])
-        for k, r in enumerate(resumes):
-            gens[k].set_state(r["data_rng"])
-            rows[k] = [dict(row) for row in r["rows"]]      # the sinks already hold these
-        if runs[0].rng is None:                              # one run: the process's RNGs are its own
-            torch.set_rng_state(first["torch_rng"])
-            np.random.set_state(first["numpy_rng"])
-            random.setstate(first["python_rng"])
-            if first.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(first["cuda_rng"], device)
-        last_epoch, steps, wall0 = first["epoch"], first["steps"], first["wall_time"]
-        for k, r in enumerate(resumes):
-            if r["status"] == "diverged":       # killed between its checkpoint and its summary
-                finish(k, "diverged")           # (a completed one trains on if asked for more epochs)
-    todo = range(last_epoch + 1, cfg.epochs + 1) if "running" in status else []
-    bar = tqdm(todo, desc="train" if R == 1 else f"train ×{R}", disable=not cfg.progress, dynamic_ncols=True,
-               leave=False)
-    try:
-        for epoch in bar:
-            epoch_start = getattr(opt, "epoch_start", None)
-            if epoch_start is not None:
-                epoch_start()
-            if loss_epoch_start is not None:
-                loss_epoch_start(epoch)
-            trainee.order([torch.randperm(n, generator=g, device=device) if (cfg.shuffle and bs < n) else None
-                           for g in gens])
-            loss_sum.zero_()
-            for b in range(n_batches):
-                loss_sum += trainee.step(b, bs)
-                steps += 1
-            last_epoch = epoch
-            live = [k for k in range(R) if status[k] == "running"]
-            finite = torch.isfinite(loss_sum).tolist()      # one sync per epoch
-            due = epoch % cfg.log_every == 0 or epoch == cfg.epochs or (diag is not None and diag.due(epoch))
-            which = [k for k in live if due or not finite[k]]
-            if which:
-                # float(sum)/n in float64, whatever the data's dtype
-                for k, row in log_rows(epoch, [v / n_batches for v in loss_sum.tolist()], which).items():
-                    if not finite[k] or not _finite_row(row):
-                        log.warning("%s: loss is not finite at epoch %d: run diverged%s", runs[k].name, epoch,
-                                    " (the others go on)" if R > 1 else "")
-                        finish(k, "diverged")
-                if R == 1 and status[0] == "running":
-                    row = rows[0][-1]
-                    bar.set_postfix(train=f"{row['train_rel_error']:.3g}", test=f"{row['test_rel_error']:.3g}",
-                                    refresh=False)
-            live = [k for k in range(R) if status[k] == "running"]
-            if R > 1:
-                bar.set_postfix(running=f"{len(live)}/{R}", refresh=False)
-            if not live:
-                break
-            if scheduler is not None:
-                scheduler.step(loss_sum[0] / n_batches)
-            if epoch == cfg.epochs:
-                break                 # finish writes the final checkpoint
-            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
-                for k in live:
-                    if runs[k].on_checkpoint is not None:
-                        runs[k].on_checkpoint(state(k, "running"))
-            if should_stop is not None and should_stop():
-                log.warning("stop requested (SIGTERM): interrupted after epoch %d", epoch)
-                for k in live:
-                    finish(k, "interrupted")
-                break
-        for k in range(R):
-            if status[k] == "running":
-                finish(k, "completed")
-    except BaseException as e:
-        # Mid-epoch: no consistent state to save; the last periodic checkpoint resumes it.
+    def checkpoint(self, epoch: int) -> None:
+        """Every ``checkpoint_every`` epochs, and every ``checkpoint_minutes`` of wall time."""
+        cfg = self.cfg
+        by_epoch = cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0
+        by_time = cfg.checkpoint_minutes and time.perf_counter() - self.last_save >= 60 * cfg.checkpoint_minutes
+        if not (by_epoch or by_time):
+            return
+        for k in self.live():
+            if self.runs[k].on_checkpoint is not None:
+                self.runs[k].on_checkpoint(self.state(k, "running"))
+        self.last_save = time.perf_counter()
+
+    # -- the end
+    def live(self) -> list[int]:
+        return [k for k in range(self.R) if self.status[k] == "running"]
+
+    def end_all(self, status: str) -> None:
+        for k in self.live():
+            self.finish(k, status)
+
+    def abort(self, e: BaseException) -> None:
         st = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        for k in range(R):
-            if status[k] == "running":
-                finish(k, st, error="KeyboardInterrupt" if st == "interrupted" else f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        bar.close()
-    return summaries
+        for k in self.live():
+            self.finish(k, st, error="KeyboardInterrupt" if st == "interrupted" else f"{type(e).__name__}: {e}")
+
+    def finish(self, k: int, status: str, error: str | None = None) -> None:
+        self.status[k] = status
+        self.summaries[k] = _summary(self.rows[k], status, error, self.steps, self.last_epoch, self.wall(), self.cfg)
+        if self.runs[k].on_finish is not None:
+            self.runs[k].on_finish(self.summaries[k], None if error is not None else self.state(k, status))
+
+    def state(self, k: int, status: str) -> dict:
+        """Everything the rest of run k depends on, at the end of epoch ``last_epoch``."""
+        rng = self.runs[k].rng or _get_rngs(self.device)
+        return {"epoch": self.last_epoch, "steps": self.steps, "status": status, "wall_time": self.wall(),
+                "rows": [dict(r) for r in self.rows[k]], **self.trainee.state(k), "data_rng": self.gens[k].get_state(),
+                **rng, "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def wall(self) -> float:
+        return self.wall0 + time.perf_counter() - self.t0 - self.diag_time
+
+
+def _get_rngs(device) -> dict:
+    """The process's global RNG states (a checkpoint of one run records them)."""
+    return {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rngs(state: dict, device) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+    if state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
 def _finite_row(row: dict) -> bool:
-    return all(math.isfinite(row[k]) for k in ERROR_METRICS if k in row)
+    return all(math.isfinite(row[k]) for k in LOWER_IS_BETTER if k in row)
 
 
 def _summary(rows, status, error, steps, epochs, wall, cfg: LoopConfig) -> dict:
     final = dict(rows[-1]) if rows else {}
     best = {}
-    for k in ERROR_METRICS:
-        vals = [r[k] for r in rows if k in r and math.isfinite(r[k])]
-        if vals:
-            best[k] = min(vals)
-    for k in ACCURACY_METRICS:
-        vals = [r[k] for r in rows if k in r and math.isfinite(r[k])]
-        if vals:
-            best[k] = max(vals)
+    for keys, pick in ((LOWER_IS_BETTER, min), (HIGHER_IS_BETTER, max)):
+        for k in keys:
+            vals = [r[k] for r in rows if k in r and math.isfinite(r[k])]
+            if vals:
+                best[k] = pick(vals)
     return {"status": status, "error": error, "epochs_completed": epochs, "epochs_planned": cfg.epochs,
             "steps": steps, "wall_time": wall, "final": final, "best": best,
             "flags": run_flags(rows, cfg.collapse_q)}

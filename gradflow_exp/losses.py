@@ -28,10 +28,10 @@ class MSELoss:
     row_mean = True   # a mean over rows: a full set's loss can be summed in chunks
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(pred, _as_pred_shape(target, pred))
+        return F.mse_loss(pred, as_pred_shape(target, pred))
 
     def residuals(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return pred - _as_pred_shape(target, pred)
+        return pred - as_pred_shape(target, pred)
 
 
 class RelErrorLoss:
@@ -44,11 +44,11 @@ class RelErrorLoss:
     row_mean = False  # a ratio of sums, not a mean over rows
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        t = _as_pred_shape(target, pred)
+        t = as_pred_shape(target, pred)
         return (pred - t).pow(2).sum() / t.pow(2).sum()
 
     def residuals(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        t = _as_pred_shape(target, pred)
+        t = as_pred_shape(target, pred)
         # mean(r²) = Σ(f−y)²/Σy²  ⇔  r = (f−y)·sqrt(numel/Σy²)
         return (pred - t) * torch.sqrt(t.numel() / t.pow(2).sum())
 
@@ -168,43 +168,5 @@ def build_training_loss(node, epochs: int):
     return CompositeLoss(data, schedule)
 
 
-def _as_pred_shape(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+def as_pred_shape(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     return target.reshape(pred.shape) if target.numel() == pred.numel() else target
-
-
-def _targets_like(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Regression targets as pred's shape; class labels as one-hot probabilities."""
-    if target.dtype in (torch.int64, torch.int32):
-        return F.one_hot(target, pred.shape[-1]).to(pred.dtype)
-    return _as_pred_shape(target, pred)
-
-
-@torch.no_grad()
-def metric_sums(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Additive pieces of the reporting metrics on one chunk (summed over chunks).
-
-    For classification the outputs compared with y are softmax probabilities against
-    one-hot labels, so mse and rel_error mean the same thing for every problem.
-    """
-    classification = target.dtype in (torch.int64, torch.int32)
-    out = torch.softmax(pred, dim=-1) if classification else pred
-    t = _targets_like(pred, target)
-    sums = {
-        "sq_err": (out - t).pow(2).sum(),
-        "sq_y": t.pow(2).sum(),
-        "numel": torch.tensor(float(t.numel()), device=pred.device),
-    }
-    if classification:
-        sums["correct"] = (pred.argmax(-1) == target).sum().to(pred.dtype)
-        sums["count"] = torch.tensor(float(target.shape[0]), device=pred.device)
-    return sums
-
-
-def metrics_from_sums(sums: dict[str, torch.Tensor]) -> dict[str, float]:
-    out = {
-        "mse": float(sums["sq_err"] / sums["numel"]),
-        "rel_error": float(sums["sq_err"] / sums["sq_y"]),
-    }
-    if "correct" in sums:
-        out["accuracy"] = float(sums["correct"] / sums["count"])
-    return out

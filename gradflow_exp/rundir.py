@@ -48,13 +48,17 @@ log = logging.getLogger("gradflow_exp")
 # run may be resumed or extended with other values of these (gradflow-report, too, does not
 # tell methods apart by them). A key covers its sub-keys ("logger": logger.mode, ...).
 # trainer.eval_chunk changes the order of a metric's sums only, so its last bits.
-MAY_DIFFER = ("trainer.progress", "trainer.checkpoint", "trainer.checkpoint_every", "trainer.collapse_q",
+MAY_DIFFER = ("trainer.progress", "trainer.checkpoint", "trainer.checkpoint_every", "trainer.checkpoint_minutes",
+              "trainer.collapse_q",
               "trainer.eval_chunk", "threads", "hparams_objective", "logger", "references")
 EPOCHS = "trainer.epochs"
 FINISHED = ("completed", "diverged")          # a job with this status is not run again
 RECORD = ".hydra"
 LOCK = ".lock"
 RUN_FILES = ("summary.json", "metrics.csv", "checkpoint.pt")
+# a batch member's checkpoint before the last (gradflow_exp/batch.py): a batch killed while its
+# members write theirs resumes all of them from the epoch they share
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 TMP = ".tmp-"                                 # atomic writes: .<name>.tmp-XXXX, then a rename
 _MISSING = object()
 
@@ -252,8 +256,10 @@ def describe_changes(diff, limit: int = 6) -> str:
 MAGIC = b"gradflow_exp checkpoint 2\n"
 
 
-def save_checkpoint(path: Path, state: dict, config: dict) -> None:
-    """Header (the run's config, the epoch, SHA-256 and size of the payload) + payload (torch.save)."""
+def save_checkpoint(path: Path, state: dict, config: dict, keep_previous: bool = False) -> None:
+    """Header (the run's config, the epoch, SHA-256 and size of the payload) + payload
+    (torch.save). ``keep_previous``: the checkpoint it replaces stays as PREVIOUS_CHECKPOINT
+    (renamed once the new one is complete, so one of the two is always whole)."""
     import torch
 
     buf = io.BytesIO()
@@ -267,7 +273,14 @@ def save_checkpoint(path: Path, state: dict, config: dict) -> None:
         f.write(header.encode() + b"\n")
         f.write(payload)
 
-    atomic_write_bytes(path, write)
+    path = Path(path)
+    if keep_previous and path.is_file():
+        fresh = path.with_name(path.name + ".new")
+        atomic_write_bytes(fresh, write)
+        os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
+        os.replace(fresh, path)
+    else:
+        atomic_write_bytes(path, write)
 
 
 def checkpoint_header(path: Path) -> dict:
@@ -456,6 +469,11 @@ class RunDir:
                               "use a new hydra.run.dir (or hydra.sweep.dir)")
         status = previous.get("status")
         ckpt = self.path / "checkpoint.pt"
+        if not ckpt.is_file():                  # killed between a batch's two renames
+            for other in (self.path / "checkpoint.pt.new", self.path / PREVIOUS_CHECKPOINT):
+                if other.is_file():
+                    os.replace(other, ckpt)
+                    break
         if not diff:
             if status in FINISHED:
                 return Plan("skip", previous, note=f"already {status}; skipping it (delete its summary.json "
@@ -482,6 +500,11 @@ class RunDir:
         state = load_checkpoint(ckpt, self.config)
         return Plan("resume", previous, state, note=f"{status} after {done} of {planned} epochs: resuming after epoch "
                                                     f"{state['epoch']}, training it on to {wanted}")
+
+    def previous_checkpoint(self) -> dict | None:
+        """The verified state of PREVIOUS_CHECKPOINT, or None where there is none."""
+        path = self.path / PREVIOUS_CHECKPOINT
+        return load_checkpoint(path, self.config) if path.is_file() else None
 
     def accept(self) -> None:
         """This job is the directory's run now: its command becomes the record."""

@@ -48,9 +48,13 @@ class ConfigError(ValueError):
 
 
 # ------------------------------------------------------------------ value types
-Int0 = Annotated[int, Field(strict=True, ge=0)]
-Int1 = Annotated[int, Field(strict=True, ge=1)]
-Int2 = Annotated[int, Field(strict=True, ge=2)]
+# Every count is below 2³¹ (a size, an epoch count, a width): beyond it a value would pass
+# here and fail later in torch, numpy or a file format without naming its key.
+INT_MAX = 2 ** 31 - 1
+Int0 = Annotated[int, Field(strict=True, ge=0, le=INT_MAX)]
+Int1 = Annotated[int, Field(strict=True, ge=1, le=INT_MAX)]
+Int2 = Annotated[int, Field(strict=True, ge=2, le=INT_MAX)]
+Seed = Annotated[int, Field(strict=True, ge=0, lt=2 ** 32)]     # numpy's seeds are 32-bit
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Positive = Annotated[float, Field(allow_inf_nan=False, gt=0)]
 NonNegative = Annotated[float, Field(allow_inf_nan=False, ge=0)]
@@ -81,7 +85,7 @@ class Synthetic(Node):
     train_fraction: OpenFraction
     coef: Literal[COEFS]
     x_std: Positive = 0.2
-    seed: Int0
+    seed: Seed
 
 
 class MNIST(Node):
@@ -91,7 +95,7 @@ class MNIST(Node):
     subsample_train: Int1 | None
     subsample_test: Int1 | None
     zscore: bool
-    seed: Int0
+    seed: Seed
 
 
 class Burgers(Node):
@@ -136,7 +140,7 @@ Model = _tagged("_target_", {"gradflow_exp.models.TwoLayerNet": TwoLayer, "gradf
 class SPMNode(Node):
     J: Int1
     h: Positive
-    seed: Int0 | None = None
+    seed: Seed | None = None
 
 
 class Optimizer(Node):
@@ -256,6 +260,7 @@ class Trainer(Node):
     collapse_q: Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)]
     checkpoint: bool
     checkpoint_every: Int1 | None    # null: only at the end
+    checkpoint_minutes: Positive | None = 10.0    # and at least every this many minutes (null: no clock)
 
 
 # Nodes added after runs existed carry defaults: a run made before a key existed is
@@ -280,7 +285,7 @@ class Diagnostics(Node):
 
 
 class Replicas(Node):
-    seeds: list[Int0] | None = None
+    seeds: list[Seed] | None = None
     lr: list[Positive] | None = None
     C: list[Finite] | None = None
     lam: list[Finite] | None = None
@@ -296,7 +301,7 @@ class Replicas(Node):
 # ------------------------------------------------------------------ the whole config
 class Config(Node):
     name: str
-    seed: Int0
+    seed: Seed
     dtype: Literal[DTYPES]
     device: Annotated[str, Field(pattern=DEVICE)]
     threads: Literal["auto"] | Int1

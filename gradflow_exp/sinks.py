@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 
+from gradflow_exp.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
+
 log = logging.getLogger(__name__)
-
-BASE_COLUMNS = ["epoch", "step", "train_loss", "train_mse", "test_mse",
-                "train_rel_error", "test_rel_error"]
-
 
 def device_name(device: torch.device) -> str:
     """Where a run computed, for summary.json (device=auto resolves here): "cpu" or
@@ -67,8 +65,6 @@ def _fmt(v):
     return v
 
 
-ERRORS = ("train_loss", "train_mse", "test_mse", "train_rel_error", "test_rel_error")   # summary: min
-ACCURACIES = ("train_accuracy", "test_accuracy")                                          # summary: max
 # W&B's run state is "failed" for any non-zero exit code: a run that ends on its own
 # (completed, diverged) exits 0 and says how it ended in its tags and summary.
 EXIT_CODES = {"completed": 0, "diverged": 0, "interrupted": 143, "failed": 1}
@@ -170,9 +166,9 @@ class WandbSink:
             # Per-epoch curves on the epoch axis; errors keep their minimum, accuracies their
             # maximum as the run's summary, live.
             self.run.define_metric("epoch")
-            for key in ERRORS:
+            for key in LOWER_IS_BETTER:
                 self.run.define_metric(key, step_metric="epoch", summary="min")
-            for key in ACCURACIES:
+            for key in HIGHER_IS_BETTER:
                 self.run.define_metric(key, step_metric="epoch", summary="max")
             self.run.define_metric("*", step_metric="epoch")
             for row in rows or []:                 # a resumed run: what its W&B run lacks

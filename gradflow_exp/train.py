@@ -47,9 +47,16 @@ def hydra_main(cfg: DictConfig) -> float:
         code = cli.job_failed(e, run_dir)
         if not multirun:
             sys.exit(code)
+        cli.JOB_OUTCOMES.append(False)
         return float("inf")
-    if summary["status"] == "interrupted":
-        sys.exit(128 + signal.SIGTERM)      # stop here, sweep included, as a killed process would
+    cli.JOB_OUTCOMES.append(True)
+    if summary["status"] == "interrupted":   # stop here, sweep included, as a killed process would
+        from gradflow_exp.batch import stopped_by
+
+        if stopped_by == signal.SIGINT:
+            print(f"interrupted (Ctrl-C) after epoch {summary.get('epochs_completed', '?')}, with a checkpoint: "
+                  "the same command resumes it", file=sys.stderr)
+        sys.exit(128 + (stopped_by or signal.SIGTERM))
     return runner.objective(summary, cfg.hparams_objective)
 
 

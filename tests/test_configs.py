@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from gradflow_exp.cli import CONF_DIR
 from gradflow_exp.data import Dataset
-from gradflow_exp.job import build
+from gradflow_exp.build import build
 from helpers import compose_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -27,7 +27,7 @@ def test_experiment_composes_with_its_method_set(exp, monkeypatch):
     methods = [m for m in method_set(exp) if m in OPTIMIZERS]
     assert methods, f"{exp}: no registered method in its method set"
     # Build every piece on a tiny copy of the data, so the test checks construction, not training.
-    import gradflow_exp.job as train_mod
+    import gradflow_exp.build as train_mod
 
     def tiny_dataset(cfg, seed):
         n_in = {"mnist": 784, "burgers": 4}.get(cfg.name) or int(cfg.D)

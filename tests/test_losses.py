@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 import torch
 
-from gradflow_exp.losses import LOSSES, build_loss, metric_sums, metrics_from_sums
+from gradflow_exp.losses import LOSSES, build_loss
+from gradflow_exp.metrics import metric_sums, metrics_from_sums
 
 
 def test_rel_error_and_mse_against_formula():

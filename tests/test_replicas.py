@@ -209,19 +209,23 @@ def test_bad_replica_values_are_refused():
             validate(OmegaConf.to_container(compose_cfg(SMALL + [bad]), resolve=True))
 
 
-@pytest.mark.parametrize("seeds, threads", [("[0]", 1), ("[0,1,2,3]", 2)])
-def test_threads_auto_sizes_the_whole_batch(seeds, threads, tmp_path, monkeypatch):
-    """threads=auto counts every replica's work: one fig7 model of width 100 at batch 64 is
-    a small step (2.7e5 < 1e6: one thread), four of them in one batch are not (PyTorch's
-    default, here pinned to 2), and a job after a small one gets the default back."""
-    from gradflow_exp import job
+@pytest.mark.parametrize("seeds", ["[0]", "[0,1,2,3]"])
+def test_threads_auto_follows_one_runs_step(seeds, tmp_path, monkeypatch):
+    """threads=auto decides on one run's work, whatever the batch: one fig7 model of width
+    100 at batch 64 is a small step (2.7e5 < 1e6: one thread), and so is a batch of four
+    (a second thread made a 36-job batched sweep 4× slower on a busy 2-core machine); a
+    job after a small one gets the default back."""
+    from gradflow_exp import build
 
-    monkeypatch.setattr(job, "DEFAULT_THREADS", 2)
+    monkeypatch.setattr(build, "DEFAULT_THREADS", 2)
     old = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
     try:
         _run(SMALL_FIG7 + ["optimizer=sgd", "model.width=100", "trainer.epochs=1", "threads=auto",
                            f"replicas.seeds={seeds}"], tmp_path / "batch")
-        assert torch.get_num_threads() == threads
+        assert torch.get_num_threads() == 1
+        _run(SMALL_FIG7 + ["optimizer=sgd", "model.width=3000", "trainer.epochs=1", "threads=auto"],
+             tmp_path / "wide")
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)

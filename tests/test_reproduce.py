@@ -54,7 +54,7 @@ def test_library_references_run_at_a_plain_lr_beside_per_particle_methods(experi
     """The methods take Δt per particle (lr = K·Δt, K = m/2); references named by a library
     optimizer, Adam/Adagrad/RMSprop(1e-3), run at lr 1e-3 itself (on fig10 at K·1e-3 = 5
     Adam and RMSprop blow up)."""
-    from gradflow_exp.job import build
+    from gradflow_exp.build import build
     from gradflow_exp.reproduce import references
     from helpers import SMALL, compose_cfg
 

@@ -113,16 +113,17 @@ def resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch, age=None):
     run it again, and check it ends exactly as the uninterrupted run. Returns the run directory."""
     import shutil
 
+    import gradflow_exp.batch as batch
     import gradflow_exp.job as job
 
-    save = job.save_checkpoint
+    save = batch.save_checkpoint
 
-    def save_and_keep_epoch_2(path, state, config):
-        save(path, state, config)
+    def save_and_keep_epoch_2(path, state, config, **kw):
+        save(path, state, config, **kw)
         if state["epoch"] == 2:
             shutil.copy(path, tmp_path / "epoch2.pt")
 
-    monkeypatch.setattr(job, "save_checkpoint", save_and_keep_epoch_2)
+    monkeypatch.setattr(batch, "save_checkpoint", save_and_keep_epoch_2)
     run_dir = tmp_path / "run"
     done = job.run(cfg, run_dir)
     assert done["status"] == "completed"

@@ -155,3 +155,21 @@ def test_the_batched_launcher_submits_one_slurm_job_per_batch(tmp_path):
             assert ra.keys() == rb.keys()
             for k in rb:
                 assert float(ra[k] or "nan") == pytest.approx(float(rb[k] or "nan"), rel=1e-9, abs=0, nan_ok=True), (job, k)
+
+
+def test_a_job_that_can_never_start_fails_the_sweep_within_a_minute(tmp_path):
+    """More CPUs than the partition's node has: the job would pend for PartitionConfig for
+    ever; the sweep names the reason and the request, cancels its jobs and exits 1 within a
+    minute, and says once, not at every poll, that sacct cannot answer."""
+    launcher = [a for a in LAUNCHER if not a.startswith("hydra.launcher.cpus_per_task")]
+    start = time.monotonic()
+    code, out = _wait(_start(*launcher, "hydra.launcher.cpus_per_task=64", *TINY, "seed=0,1",
+                             f"hydra.sweep.dir={tmp_path}/never", cwd=tmp_path), timeout=180)
+    assert code == 1, out
+    assert time.monotonic() - start < 60
+    (line,) = [x for x in out.splitlines() if x.startswith("error:")]
+    assert "can never start" in line and "PartitionConfig" in line and "cpus_per_task=64" in line
+    ids = _job_ids(tmp_path / "never")
+    queued = subprocess.run(["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True).stdout
+    assert queued.strip() == ""                                  # cancelled
+    assert "Bypassing sacct" not in out and out.count("sacct cannot answer") <= 1

@@ -13,13 +13,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-ERROR_METRICS = ["train_rel_error", "test_rel_error"]
-ACCURACY_METRICS = ["train_accuracy", "test_accuracy"]
+from gradflow_exp.metrics import columns, higher_is_better
 
-
-def higher_is_better(metric: str) -> bool:
-    """Accuracies go up; losses and errors go down."""
-    return "accuracy" in metric
+ERROR_METRICS = list(columns("lower", reported=True))        # the table's errors, then accuracies
+ACCURACY_METRICS = list(columns("higher", reported=True))
 
 
 def summary_metrics(df: pd.DataFrame) -> list[str]:

@@ -28,13 +28,19 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hydra_plugins.gradflow_batched_launcher.slurm_watch import PendingWatch, quiet_accounting
+from hydra_plugins.gradflow_batched_launcher.watched_slurm import ASKED
+
 log = logging.getLogger(__name__)
 
 
 class BatchedLauncher(Launcher):
     def __init__(self, n_jobs: int = 1, max_replicas: int | None = None, slurm: dict | None = None) -> None:
-        self.n_jobs = int(n_jobs)
-        self.max_replicas = max_replicas
+        self.n_jobs = _count("n_jobs", n_jobs, also=(-1,))
+        self.max_replicas = None if max_replicas is None else _count("max_replicas", max_replicas)
+        if slurm is not None and not hasattr(slurm, "items"):
+            raise ValueError(f"hydra.launcher.slurm={slurm!r}: a mapping of Slurm parameters, such as "
+                             "{partition: cpu, timeout_min: 60}")
         self.slurm = dict(slurm) if slurm else None
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
@@ -99,13 +105,15 @@ class BatchedLauncher(Launcher):
                 submitted.append((group, executor.submit(_alone, self.hydra_context, self.task_function, group[0].cfg)))
         log.info("submitted %d Slurm jobs: %s", len(submitted), ", ".join(j.job_id for _, j in submitted))
         results: dict[int, JobReturn] = {}
-        for group, sjob in submitted:
-            out = sjob.result()
-            if len(group) == 1:
-                results[group[0].idx] = out
-            else:
-                for job, value in zip(group, out):
-                    results[job.idx] = _job_return(job, value if value is not None else float("inf"))
+        asked = {k: self.slurm.get(k) for k in ASKED}
+        with quiet_accounting(), PendingWatch(Path(str(self.config.hydra.sweep.dir)) / ".submitit", asked):
+            for group, sjob in submitted:
+                out = sjob.result()
+                if len(group) == 1:
+                    results[group[0].idx] = out
+                else:
+                    for job, value in zip(group, out):
+                        results[job.idx] = _job_return(job, value if value is not None else float("inf"))
         return [results[initial_job_idx + i] for i in range(len(jobs))]
 
     def _run_alone(self, job) -> JobReturn:
@@ -124,6 +132,14 @@ class BatchedLauncher(Launcher):
             return Parallel(n_jobs=self.n_jobs, backend="loky")(
                 delayed(run_group)(group, threads=1) for group in batches)
         return [run_group(group) for group in batches]
+
+
+def _count(name: str, value, also: tuple[int, ...] = ()) -> int:
+    """A launcher setting that counts something: a positive integer (or one of ``also``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not (value >= 1 or value in also):
+        extra = "".join(f" or {v}" for v in also)
+        raise ValueError(f"hydra.launcher.{name}={value!r}: must be a positive integer{extra}")
+    return value
 
 
 def _alone(hydra_context, task_function, cfg) -> JobReturn:
