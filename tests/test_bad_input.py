@@ -188,6 +188,7 @@ def test_a_fault_is_one_line_with_its_traceback_in_the_summary(tmp_path, monkeyp
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_console_script_refuses_without_importing_torch(tmp_path):
     """Bad input and --help answer before torch is imported (about a second, not ten)."""
     code = ("import sys\nfrom gradflow_exp.train import main\nsys.argv = ['gradflow-train'] + sys.argv[1:]\n"

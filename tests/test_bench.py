@@ -1,3 +1,4 @@
+import pytest
 import json
 import math
 
@@ -24,6 +25,7 @@ def test_bench_rejects_unknown_method():
     assert main(["--methods", "sgd,savv"]) == 2
 
 
+@pytest.mark.slow
 def test_bench_replicas_reports_a_speedup(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["--problems", "fig7", "--methods", "sgd", "--repeats", "1", "--steps", "2", "--threads", "1",
@@ -53,6 +55,7 @@ def test_bench_own_loop_times_the_optimizers_against_sgd(tmp_path):
     assert any(line.split()[1:3] == ["own", "loop"] and "sav" in line for line in res["targets"])
 
 
+@pytest.mark.slow
 def test_bench_sweep_runs_each_launcher(tmp_path):
     """One round of the README's fig7 sweep, one epoch a job, through every launcher."""
     out = tmp_path / "bench.json"
@@ -63,6 +66,7 @@ def test_bench_sweep_runs_each_launcher(tmp_path):
     assert all(v["wall_s"] > 0 and math.isfinite(v["speedup"]) for v in sweep.values())
 
 
+@pytest.mark.slow
 def test_bench_counts_graph_breaks(tmp_path):
     """--graph-breaks alone (no problem timed): each method's step traces to one graph."""
     out = tmp_path / "bench.json"

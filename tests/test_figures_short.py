@@ -32,6 +32,7 @@ def test_fig7_sgd_and_restarted_sav_fall_plain_sav_freezes(fig):
     assert any(f.startswith("aux_collapsed") for f in summary["flags"])
 
 
+@pytest.mark.slow
 def test_fig2_needs_a_time_scale(fig):
     # full run, seed 0: 1.0 → 0.30 at epoch 10 with fig2's K = 150, 0.13 with K = m/2 = 500
     _, scaled = fig("experiment=fig2", "optimizer=sgd", "trainer.epochs=10")
@@ -40,6 +41,7 @@ def test_fig2_needs_a_time_scale(fig):
     assert curve(plain).train_rel_error.loc[10] > 0.9           # plain gradients barely move
 
 
+@pytest.mark.slow
 def test_fig1_gd_converges_and_sav_energy_is_monotone(fig):
     # full run, seed 0 (float32, as here): GD 1.0 → 3.3e-2 at epoch 30 (no NaN); SAV (λ = 10)
     # moves like GD with step Δt/(1 + λΔt), monotone, and its r² never increases

@@ -73,7 +73,7 @@ def test_every_method_stacks(optimizer, tmp_path):
         assert_same_trajectory(tmp_path / "batch" / f"seed_{seed}", tmp_path / f"single_{seed}")
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "spm_relsav-mlp" else c for c in sorted(CASES)])
 def test_each_replica_follows_its_single_run(case, tmp_path):
     overrides = CASES[case]
     if case.startswith("sav"):

@@ -181,6 +181,7 @@ def test_paired_tests_match_scipy(tmp_path):
     assert stats.holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx([0.03, 0.06, float("nan"), 0.06], nan_ok=True)
 
 
+@pytest.mark.slow
 def test_cli_writes_all_outputs(tmp_path, sweep, capsys):
     make_run(tmp_path / "mnist" / "0", experiment="mnist",
              extra={"train_accuracy": [0.1, 0.8, 0.9], "test_accuracy": [0.1, 0.7, 0.85]})
@@ -220,6 +221,7 @@ def test_cli_input_errors_exit_2(tmp_path, sweep, capsys):
     assert p.returncode == 2 and "Traceback" not in p.stderr and "no such file" in p.stderr
 
 
+@pytest.mark.slow
 def test_real_tiny_multirun(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     p = cli("-m", "experiment=fig7", "dataset.M=400", "trainer.epochs=2", "trainer.log_every=1", "optimizer=sgd,adam", "seed=0,1",

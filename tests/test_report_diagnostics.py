@@ -1,5 +1,6 @@
 """gradflow-report draws the Hessian spectrum (λ_max with 2/Δt, λ_min) and the gradient SNR
 when runs logged them, and only then."""
+import pytest
 import numpy as np
 import pandas as pd
 
@@ -12,6 +13,7 @@ FIG7 = ["experiment=fig7", "dataset.M=300", "trainer.log_every=1", "threads=1", 
 DIAG = ["diagnostics.hessian.every=2", "diagnostics.grad_noise.every=2"]
 
 
+@pytest.mark.slow
 def test_spectrum_and_snr_panels(tmp_path, monkeypatch, capsys):
     hydra_inprocess("-m", *SMALL, *FIG7, "optimizer=sgd,sav", *DIAG, f"hydra.sweep.dir={tmp_path}/sweep",
                     monkeypatch=monkeypatch)

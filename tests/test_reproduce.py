@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 
+@pytest.mark.slow
 def test_reproduce_runs_the_method_set_and_reports(tmp_path):
     out = tmp_path / "sweep"
     r = subprocess.run([sys.executable, "-m", "gradflow_exp.reproduce", "fig7", "--epochs", "2",
@@ -24,6 +25,7 @@ def test_reproduce_unknown_experiment(tmp_path):
     assert r.returncode == 2 and "valid: " in r.stderr and "fig7" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_reproduce_runs_the_reference_curves(tmp_path):
     """fig8's reference Euler(Δt = 0.01) runs beside the SPM sweep and is drawn with it; a
     user's optimizer.lr sets the methods' Δt but not the reference's."""

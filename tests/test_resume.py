@@ -50,6 +50,7 @@ def reference(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_sigkill_then_same_command_resumes_exactly(tmp_path, reference, monkeypatch):
     args = [*SMALL, *RUN, "trainer.checkpoint_every=1", f"hydra.run.dir={tmp_path}/run"]
     run_dir = tmp_path / "run"

@@ -46,6 +46,7 @@ def test_a_second_process_on_a_run_directory_is_refused_naming_it(tmp_path):
     assert _run(run_dir, "trainer.epochs=1")["status"] == "completed"       # no stale lock after SIGKILL
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_still_training_is_refused(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     args = [*RUN, "trainer.epochs=5000", "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}"]

@@ -77,6 +77,7 @@ def test_divergence_keeps_artifacts(run_inprocess):
     assert (run_dir / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_cli_run_with_wandb_offline_readback(tmp_path):
     r = cli("experiment=fig7", "dataset.M=1000", "trainer.epochs=2", "trainer.progress=false",
             f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
@@ -99,6 +100,7 @@ def test_cli_run_with_wandb_offline_readback(tmp_path):
     assert info["summary"]["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_multirun_one_directory_and_wandb_run_per_job(tmp_path):
     r = cli("-m", "experiment=fig7", "dataset.M=500", "trainer.epochs=1", "trainer.progress=false",
             "optimizer=sgd,adam", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)

@@ -14,7 +14,8 @@ import pytest
 
 SLURM = shutil.which("sbatch") is not None and subprocess.run(
     ["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0 if shutil.which("sinfo") else False
-pytestmark = pytest.mark.skipif(not SLURM, reason="no Slurm cluster answers (bash scripts/slurm-local.sh starts one)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not SLURM, reason="no Slurm cluster answers (bash scripts/slurm-local.sh starts one)")]
 
 LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.partition=local", "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10", "logger=none", "trainer.progress=false",

@@ -36,6 +36,7 @@ def submitit_sweep(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow
 def test_submitit_sweep_records_statuses_and_reports(submitit_sweep):
     from gradflow_exp.report.cli import main as report_main
 
@@ -113,6 +114,7 @@ def test_launcher_configs():
     assert "Joblib" in joblib._target_ and joblib.n_jobs == 2
 
 
+@pytest.mark.slow
 def test_joblib_parallel_sweep(tmp_path):
     """Two jobs side by side through the joblib launcher, each its own directory and status."""
     from helpers import cli
@@ -135,6 +137,7 @@ def _sweep_rows(sweep):
     return out
 
 
+@pytest.mark.slow
 def test_batched_launcher_gives_the_basic_launchers_results(tmp_path, monkeypatch):
     """The README's fig7 sweep (8 jobs: 2 methods × 2 Δt × 2 seeds), shortened: under
     hydra/launcher=batched each method's 4 jobs train as one batch, and every job's run
@@ -157,6 +160,7 @@ def test_batched_launcher_gives_the_basic_launchers_results(tmp_path, monkeypatc
     assert "4 in one batch" in log
 
 
+@pytest.mark.slow
 def test_batched_launcher_runs_the_rest_alone(tmp_path, monkeypatch, capsys):
     """A job with bad input (C = 0) and a method that does not stack (LAMB) run as the
     basic launcher runs them; the others batch."""

@@ -47,6 +47,7 @@ def _run_info(records):
     return out
 
 
+@pytest.mark.slow
 def test_a_run_is_named_grouped_and_tagged_and_its_outcome_is_visible(tmp_path, monkeypatch):
     """What a W&B user groups and filters by: the method (optimizer choice), the experiment,
     the overrides, the parameter count, the job type, the group; tags with the method, the
@@ -86,6 +87,7 @@ def test_a_diverged_run_says_so(tmp_path, monkeypatch):
     assert "min" in summary["train_rel_error"]            # its best value stays visible
 
 
+@pytest.mark.slow
 def test_every_row_reaches_wandb_across_a_sigkill(tmp_path, monkeypatch):
     """Killed mid-run and resumed by the same command: one W&B run id, its segments together
     hold every row of metrics.csv, each once."""
@@ -122,6 +124,7 @@ def test_replicas_log_live_under_their_own_names(tmp_path, monkeypatch):
         assert len(stamps) == 31 and stamps[-1] > stamps[0]      # logged as it trained, not at the end
 
 
+@pytest.mark.slow
 def test_report_logs_a_report_run_and_sync_finds_every_run(tmp_path, monkeypatch):
     from gradflow_exp.report.cli import main as report_main
     from gradflow_exp.wandb_sync import main as sync_main
