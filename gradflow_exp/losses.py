@@ -1,6 +1,6 @@
 """Training losses and reporting metrics, kept apart on purpose.
 
-Seed 000: training on the reporting metric (relative error) shrinks the Example 2
+The lesson on the training loss (docs/sources.md): training on the reporting metric (relative error) shrinks the Example 2
 gradient by N/Σy² ≈ 3.6e-5 and training stalls. So the optimizer sees the `loss`
 group's loss (MSE by default) and every run *reports* the same metrics whatever it
 trained on: mse, rel_error = Σ(f−y)²/Σy², and accuracy for classification.
@@ -9,8 +9,8 @@ Every training loss also exposes `residuals(pred, target)`, a per-sample residua
 matrix r with ``loss == r.pow(2).mean()`` exactly. IEQ-type optimizers build their
 quadratic energy from it.
 
-A composite loss (`CompositeLoss`, seed 001 eq. 1) adds a weighted penalty w(t)·R(θ) to a
-data loss, with w on a schedule over the epochs (seed 002); the optimizer sees the sum.
+A composite loss (`CompositeLoss`, the evaluation's eq. 1) adds a weighted penalty w(t)·R(θ) to a
+data loss, with w on a schedule over the epochs (the note on composite losses, docs/sources.md); the optimizer sees the sum.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 
 class MSELoss:
-    """I(θ) = (1/n) Σ (f − y)² — no 1/2, as in the SPEC (mean over all elements)."""
+    """I(θ) = (1/n) Σ (f − y)² — no 1/2 (mean over all elements; README, `loss`)."""
 
     name = "mse"
     row_mean = True   # a mean over rows: a full set's loss can be summed in chunks
@@ -37,7 +37,7 @@ class MSELoss:
 class RelErrorLoss:
     """Σ(f − y)² / Σy² on the batch: the reporting metric used as a training loss.
 
-    Here only to demonstrate seed 000's trap; never the default.
+    Here only to demonstrate the trap of the lesson on the training loss; never the default.
     """
 
     name = "rel_error"
@@ -81,7 +81,7 @@ def build_loss(name: str):
 
 @dataclass
 class WeightSchedule:
-    """w(t) at epoch index t = 0, 1, … (the epoch being trained is t + 1). Seed 002:
+    """w(t) at epoch index t = 0, 1, … (the epoch being trained is t + 1). The note on composite losses:
 
     constant  w(t) = weight
     linear    w(t) = start + (weight − start)·min(1, t/ramp_epochs)
@@ -157,7 +157,7 @@ def penalty_stretched_over_run(node) -> bool:
 
 def build_training_loss(node, epochs: int):
     """The ``loss`` group's node → its training loss: ``name`` alone, or with a ``penalty``
-    sub-node (conf/loss/mse_l2.yaml; checked by `gradflow_exp.cli.check_penalty`)."""
+    sub-node (conf/loss/mse_l2.yaml; checked by `gradflow_exp.commands.cli.check_penalty`)."""
     data = build_loss(node["name"])
     p = node.get("penalty")
     if p is None:

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from gradflow_exp.data.burgers import NU
-from gradflow_exp.schema import ACTIVATIONS
+from gradflow_exp.config.schema import ACTIVATIONS
 
 
 def _activation(name: str) -> nn.Module:
-    """``model.activation`` (its choices: gradflow_exp/schema.py) → the torch.nn module."""
+    """``model.activation`` (its choices: gradflow_exp/config/schema.py) → the torch.nn module."""
     return getattr(nn, ACTIVATIONS[name])()
 
 
@@ -148,7 +148,7 @@ class TwoLayerNet(nn.Module):
 
     @property
     def particle_scale(self) -> float:
-        """K = m/2: the paper's per-particle step over the plain-gradient step (SPEC, Time scaling)."""
+        """K = m/2: the paper's per-particle step over the plain-gradient step (README, `time_scale`)."""
         return self.width / 2 if self.scale != 1.0 else 1.0
 
 

@@ -5,8 +5,8 @@
     gradflow-train resume=outputs/fig7/runs/<time>        # continue a killed run
 
 Nothing here imports torch: a bad key, value or choice is refused in about a second, and
-``--help`` and shell completion are as fast. The job (`gradflow_exp.job`) is imported only
-once the config has passed `gradflow_exp.schema`.
+``--help`` and shell completion are as fast. The job (`gradflow_exp.run.job`) is imported only
+once the config has passed `gradflow_exp.config.schema`.
 """
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gradflow_exp import cli, rundir, schema
-from gradflow_exp.cli import CONF_DIR
+from gradflow_exp.commands import cli
+from gradflow_exp.run import rundir
+from gradflow_exp.config import schema
+from gradflow_exp.commands.cli import CONF_DIR
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    """One job; returns its objective (`gradflow_exp.job.objective`) for sweepers such as
+    """One job; returns its objective (`gradflow_exp.run.job.objective`) for sweepers such as
     Optuna. Any failure ends the same way (`cli.job_failed`): summary.json 'failed' where
     the directory held no run, one line on stderr, exit 2 (bad input) or 1 (a fault); in a
     sweep the job returns inf and the others go on."""
@@ -38,7 +40,7 @@ def hydra_main(cfg: DictConfig) -> float:
               "name": job_node.get("override_dirname") or "default"}
     try:
         schema.load(cfg)
-        from gradflow_exp import job as runner  # torch: only for input that passed the schema
+        from gradflow_exp.run import job as runner  # torch: only for input that passed the schema
 
         summary = runner.run(cfg, run_dir, record)
     except Exception as e:  # noqa: BLE001 - every failure: one line, recorded, the sweep goes on
@@ -51,7 +53,7 @@ def hydra_main(cfg: DictConfig) -> float:
         return float("inf")
     cli.JOB_OUTCOMES.append(True)
     if summary["status"] == "interrupted":   # stop here, sweep included, as a killed process would
-        from gradflow_exp.batch import stopped_by
+        from gradflow_exp.run.batch import stopped_by
 
         if stopped_by == signal.SIGINT:
             print(f"interrupted (Ctrl-C) after epoch {summary.get('epochs_completed', '?')}, with a checkpoint: "

@@ -6,7 +6,7 @@ from helpers import SMALL, compose_cfg
 @pytest.fixture
 def run_inprocess(tmp_path):
     """Compose with overrides and train into a fresh directory; returns (summary, run_dir)."""
-    from gradflow_exp.job import run
+    from gradflow_exp.run.job import run
 
     counter = iter(range(1000))
 

@@ -6,7 +6,7 @@ import sys
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from gradflow_exp.cli import CONF_DIR
+from gradflow_exp.commands.cli import CONF_DIR
 
 # Small versions of every problem: seconds, not minutes.
 SMALL = ["trainer.progress=false", "logger=none"]

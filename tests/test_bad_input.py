@@ -166,7 +166,7 @@ def test_a_sweep_job_with_bad_input_fails_alone(tmp_path, monkeypatch, capsys):
 def test_a_fault_is_one_line_with_its_traceback_in_the_summary(tmp_path, monkeypatch, capsys):
     """Not bad input but a fault while training: exit code 1, one line naming where the
     traceback is, summary.json 'failed' with it (HYDRA_FULL_ERROR=1 prints it)."""
-    import gradflow_exp.loop as loop
+    import gradflow_exp.training.loop as loop
 
     def broken(*a, **k):
         raise RuntimeError("simulated fault")

@@ -2,7 +2,7 @@ import pytest
 import json
 import math
 
-from gradflow_exp.bench import main
+from gradflow_exp.commands.bench import main
 
 
 def test_bench_writes_ratios_and_targets(tmp_path, capsys):

@@ -69,7 +69,7 @@ def test_burgers_experiment_learns(run_inprocess):
 
 
 def test_burgers_and_pinn_go_together(run_inprocess):
-    from gradflow_exp.job import ConfigError
+    from gradflow_exp.run.job import ConfigError
 
     with pytest.raises(ConfigError, match="dataset=burgers and model=pinn go together"):
         run_inprocess("dataset=burgers", "model=two_layer", *SMALL_GRID, "trainer.epochs=1")

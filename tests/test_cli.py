@@ -49,15 +49,15 @@ def test_cfg_job_with_resume_prints_the_command_it_would_run(tmp_path, monkeypat
 def test_the_schema_defaults_are_the_config_files():
     """A run made before a key existed is compared at the schema's default: it must be the
     value conf/ gives the key."""
-    from gradflow_exp.rundir import flatten
-    from gradflow_exp.schema import defaults
+    from gradflow_exp.run.rundir import flatten
+    from gradflow_exp.config.schema import defaults
 
     composed = flatten(OmegaConf.to_container(compose_cfg([]), resolve=True))
     assert defaults() and {k: composed[k] for k in defaults()} == defaults()
 
 
 def test_flags_move_before_the_overrides_which_keep_their_order():
-    from gradflow_exp.cli import flags_first
+    from gradflow_exp.commands.cli import flags_first
 
     assert flags_first(["experiment=fig7", "--cfg", "job", "x=1"]) == ["--cfg", "job", "experiment=fig7", "x=1"]
     assert flags_first(["~optimizer.eta", "experiment=fig7", "-m"]) == ["-m", "~optimizer.eta", "experiment=fig7"]

@@ -22,7 +22,7 @@ def test_weight_schedules():
     assert sig(40) == pytest.approx(1.0)                       # half-way at the midpoint
     vals = [sig(t) for t in range(101)]
     assert all(a < b for a, b in zip(vals, vals[1:])) and vals[0] < 0.1 and vals[-1] > 1.98
-    # seed 002: λ(t) = λ_max / (1 + exp(−8(t/T − 0.4)))
+    # the note on composite losses: λ(t) = λ_max / (1 + exp(−8(t/T − 0.4)))
     assert sig(70) == pytest.approx(2.0 / (1 + math.exp(-8 * (0.7 - 0.4))))
 
 
@@ -65,7 +65,7 @@ def test_runner_logs_weight_and_penalty_and_reports_data_metrics(run_inprocess):
 
 
 def test_penalty_refused_with_full_jacobian_ieq(run_inprocess):
-    from gradflow_exp.job import ConfigError
+    from gradflow_exp.run.job import ConfigError
 
     with pytest.raises(ConfigError, match="use optimizer=ieq_adaptive"):
         run_inprocess(*FIG7, "optimizer=ieq", "loss=mse_l2", "trainer.epochs=1")

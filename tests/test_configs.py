@@ -3,13 +3,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gradflow_exp.cli import CONF_DIR
+from gradflow_exp.config import CONF_DIR, optimizer_names
 from gradflow_exp.data import Dataset
-from gradflow_exp.build import build
+from gradflow_exp.run.build import build
 from helpers import compose_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-OPTIMIZERS = {p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml")}
+OPTIMIZERS = set(optimizer_names())
 
 
 def method_set(exp):
@@ -27,7 +27,7 @@ def test_experiment_composes_with_its_method_set(exp, monkeypatch):
     methods = [m for m in method_set(exp) if m in OPTIMIZERS]
     assert methods, f"{exp}: no registered method in its method set"
     # Build every piece on a tiny copy of the data, so the test checks construction, not training.
-    import gradflow_exp.build as train_mod
+    import gradflow_exp.run.build as train_mod
 
     def tiny_dataset(cfg, seed):
         n_in = {"mnist": 784, "burgers": 4}.get(cfg.name) or int(cfg.D)
@@ -51,7 +51,7 @@ def test_experiment_composes_with_its_method_set(exp, monkeypatch):
 
 
 def test_method_tables_apply_per_method():
-    # seed 001 §3.2: SGD lr 0.01 batch 256; Adam lr 0.001 batch 64
+    # the evaluation §3.2: SGD lr 0.01 batch 256; Adam lr 0.001 batch 64
     sgd = compose_cfg(["experiment=eval_ex1", "optimizer=sgd"])
     adam = compose_cfg(["experiment=eval_ex1", "optimizer=adam"])
     assert (sgd.optimizer.lr, sgd.trainer.batch_size) == (0.01, 256)

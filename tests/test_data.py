@@ -4,16 +4,14 @@ import struct
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from gradflow_exp.config import dataset_config
 from gradflow_exp.data import build_dataset
 from gradflow_exp.data.mnist import MNISTError, read_idx
 
 
-def cfg(**kw):
-    base = dict(name="sincos", D=5, M=500, train_fraction=0.8, coef="uniform")
-    base.update(kw)
-    return OmegaConf.create(base)
+def cfg(name="sincos", **kw):
+    return dataset_config(name, **{"D": 5, "M": 500, "train_fraction": 0.8, "coef": "uniform", **kw})
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -38,7 +36,7 @@ def test_sincos_target_on_raw_x():
 
 
 def test_quadratic_targets_are_large():
-    # SPEC: mean ≈ 167 at D = 40 with c ~ U(0,1), x ~ U(0,5): E[y] = 40 · 0.5 · 25/3
+    # mean ≈ 167 at D = 40 with c ~ U(0,1), x ~ U(0,5): E[y] = 40 · 0.5 · 25/3
     d = build_dataset(cfg(name="quadratic", D=40, M=4000), 0)
     assert 100 < d.y_train.mean() < 250
 
@@ -66,7 +64,7 @@ def _fake_mnist(root, n_train=20, n_test=10, gz=False):
 @pytest.mark.parametrize("gz", [False, True])
 def test_mnist_idx_files(tmp_path, gz):
     _fake_mnist(tmp_path, gz=gz)
-    d = build_dataset(OmegaConf.create({"name": "mnist", "root": str(tmp_path)}), 0)
+    d = build_dataset(dataset_config("mnist", root=str(tmp_path)), 0)
     assert d.x_train.shape == (20, 784) and d.x_test.shape == (10, 784)
     assert d.y_train.dtype == torch.int64 and 0 <= d.x_train.min() and d.x_train.max() <= 1
     assert d.task == "classification" and d.out_dim == 10
@@ -74,7 +72,7 @@ def test_mnist_idx_files(tmp_path, gz):
 
 def test_mnist_missing_and_corrupt_files(tmp_path):
     with pytest.raises(MNISTError, match="has no train-images-idx3-ubyte"):
-        build_dataset(OmegaConf.create({"name": "mnist", "root": str(tmp_path)}), 0)
+        build_dataset(dataset_config("mnist", root=str(tmp_path)), 0)
     _fake_mnist(tmp_path)
     p = tmp_path / "train-images-idx3-ubyte"
     p.write_bytes(p.read_bytes()[:-100])
@@ -86,7 +84,7 @@ def test_mnist_missing_and_corrupt_files(tmp_path):
 
 
 def test_mnist_default_is_the_shipped_real_subset():
-    d = build_dataset(OmegaConf.create({"name": "mnist", "root": None}), 0)
+    d = build_dataset(dataset_config("mnist", root=None), 0)
     assert d.x_train.shape == (4000, 784) and d.x_test.shape == (1000, 784)
     # all ten digits, roughly balanced in both splits (the subset is sorted by label on disk)
     assert torch.bincount(d.y_train, minlength=10).min() > 300
@@ -96,7 +94,7 @@ def test_mnist_default_is_the_shipped_real_subset():
 def test_mnist_subsample_beyond_the_subset_warns(caplog):
     """eval_mnist asks for 8000/2000 images; the offline subset has 4000/1000: all are used,
     and the log says so instead of silently training on half."""
-    cfg = OmegaConf.create({"name": "mnist", "root": None, "subsample_train": 8000, "subsample_test": 500})
+    cfg = dataset_config("mnist", root=None, subsample_train=8000, subsample_test=500)
     with caplog.at_level("WARNING", logger="gradflow_exp"):
         d = build_dataset(cfg, 0)
     assert d.x_train.shape[0] == 4000 and d.x_test.shape[0] == 500

@@ -1,10 +1,10 @@
-"""Training loss vs reporting metric (seed 000)."""
+"""Training loss vs reporting metric (the lesson on the training loss, docs/sources.md)."""
 import pandas as pd
 import pytest
 import torch
 
 from gradflow_exp.losses import LOSSES, build_loss
-from gradflow_exp.metrics import metric_sums, metrics_from_sums
+from gradflow_exp.training.metrics import metric_sums, metrics_from_sums
 
 
 def test_rel_error_and_mse_against_formula():
@@ -36,7 +36,7 @@ def test_mse_has_no_half():
 
 
 def test_example2_trap(run_inprocess):
-    """Seed 000: on Example 2 MSE training makes progress, relative-error training stalls,
+    """The lesson on the training loss: on Example 2 MSE training makes progress, relative-error training stalls,
     and both are judged by the same metric."""
     common = ["experiment=fig7", "dataset.M=2000", "trainer.epochs=15", "trainer.log_every=15"]
     mse, mse_dir = run_inprocess(*common, "loss=mse")
@@ -60,7 +60,7 @@ def test_full_set_loss_in_chunks_is_the_whole_set_loss(name, penalty):
     """Epoch 0's train_loss is taken in chunks of rows (fig10's whole training set in one
     pass would hold 13 GB); it must equal the loss of one pass over every row, with a
     penalty counted once, and a loss that is not a mean over rows (rel_error) in one pass."""
-    from gradflow_exp.loop import full_loss
+    from gradflow_exp.training.loop import full_loss
     from gradflow_exp.losses import CompositeLoss, WeightSchedule
     from gradflow_exp.models import MLP, TwoLayerNet
     from gradflow_exp.optim import BatchClosure

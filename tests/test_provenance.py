@@ -2,7 +2,7 @@
 import json
 import subprocess
 
-from gradflow_exp.provenance import ROOT, code_segments
+from gradflow_exp.run.provenance import ROOT, code_segments
 from helpers import SMALL, compose_cfg
 
 RUN = SMALL + ["experiment=fig7", "dataset.M=200", "optimizer=sgd", "threads=1", "trainer.checkpoint=true"]
@@ -13,7 +13,7 @@ def _summary(run_dir):
 
 
 def test_a_run_records_its_commit_and_each_resumed_segment(tmp_path):
-    from gradflow_exp.job import run
+    from gradflow_exp.run.job import run
 
     run_dir = tmp_path / "run"
     run(compose_cfg(RUN + ["trainer.epochs=2"]), run_dir)

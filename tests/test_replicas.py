@@ -1,4 +1,4 @@
-"""Replica mode (gradflow_exp/replicas.py): R seeds, or R values of Δt, C, λ, in one process.
+"""Replica mode (gradflow_exp/run/replicas.py): R seeds, or R values of Δt, C, λ, in one process.
 
 Each replica must follow its single run `... seed=S`: same data, initialisation and batch
 order, the same optimizer code (with a replica dimension). Not bit for bit: a batched
@@ -7,7 +7,6 @@ run's, which moves the last bit now and then; over these few epochs the metrics 
 ~1e-15 relative, checked at rtol 1e-9, for every method that stacks.
 """
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,15 +14,15 @@ import pytest
 import torch
 import yaml
 
-from gradflow_exp.rundir import read_checkpoint
+from gradflow_exp.config import optimizer_names
+from gradflow_exp.run.rundir import read_checkpoint
 from helpers import SMALL, compose_cfg
 
 SMALL_FIG7 = ["experiment=fig7", "dataset.M=500", "model.width=20", "trainer.epochs=3", "trainer.log_every=1"]
 SMALL_FIG2 = ["experiment=fig2", "dataset.M=500", "model.width=20", "trainer.epochs=3", "trainer.log_every=1"]
 TINY = ["experiment=fig7", "dataset.M=200", "model.width=10", "trainer.epochs=2", "trainer.log_every=1",
         "trainer.batch_size=50"]
-STACKABLE = sorted(p.stem for p in (Path(__file__).parent.parent / "conf" / "optimizer").glob("*.yaml")
-                   if p.stem not in ("ieq", "spm_ieq", "lamb"))
+STACKABLE = [m for m in optimizer_names() if m not in ("ieq", "spm_ieq", "lamb", "spm_lamb")]
 CASES = {
     "sgd-fig7": SMALL_FIG7 + ["optimizer=sgd"],
     "sav-fig7": SMALL_FIG7 + ["optimizer=sav"],          # restart=epoch (conf/method/fig7/sav.yaml)
@@ -44,7 +43,7 @@ RTOL = 1e-9
 
 
 def _run(overrides, run_dir):
-    from gradflow_exp.job import run
+    from gradflow_exp.run.job import run
 
     return run(compose_cfg(SMALL + list(overrides)), run_dir)
 
@@ -125,7 +124,7 @@ def assert_close_tree(a, b, path="optimizer"):
 
 
 def test_diverging_replica_is_marked_while_the_others_complete(tmp_path):
-    from gradflow_exp.job import objective
+    from gradflow_exp.run.job import objective
     from gradflow_exp.report.load import load_runs
 
     overrides = SMALL_FIG7 + ["optimizer=sgd", "replicas.seeds=[0,1]", "replicas.lr=[0.01,10.0]"]
@@ -188,7 +187,7 @@ def test_report_reads_replicas_as_seeds_and_a_rerun_skips_them(tmp_path):
     (["optimizer=sgd", "replicas.C=[1,2]"], "SGD has no hyperparameter C"),
 ])
 def test_unsupported_is_refused_before_training(extra, message, tmp_path):
-    from gradflow_exp.job import ConfigError, run
+    from gradflow_exp.run.job import ConfigError, run
 
     cfg = compose_cfg(SMALL + SMALL_FIG7 + ["replicas.seeds=[0,1]"] + extra)
     with pytest.raises(ConfigError) as e:
@@ -201,7 +200,7 @@ def test_unsupported_is_refused_before_training(extra, message, tmp_path):
 def test_bad_replica_values_are_refused():
     from omegaconf import OmegaConf
 
-    from gradflow_exp.schema import ConfigError, validate
+    from gradflow_exp.config.schema import ConfigError, validate
 
     for bad, message in [("replicas.seeds=[0,0]", "without repeats"), ("replicas.seeds=[]", "non-empty list"),
                          ("replicas.lr=[0.1,x]", "replicas.lr\\[1\\] must be a number")]:
@@ -215,7 +214,7 @@ def test_threads_auto_follows_one_runs_step(seeds, tmp_path, monkeypatch):
     100 at batch 64 is a small step (2.7e5 < 1e6: one thread), and so is a batch of four
     (a second thread made a 36-job batched sweep 4× slower on a busy 2-core machine); a
     job after a small one gets the default back."""
-    from gradflow_exp import build
+    from gradflow_exp.run import build
 
     monkeypatch.setattr(build, "DEFAULT_THREADS", 2)
     old = torch.get_num_threads()

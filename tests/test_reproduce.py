@@ -8,7 +8,7 @@ import pytest
 @pytest.mark.slow
 def test_reproduce_runs_the_method_set_and_reports(tmp_path):
     out = tmp_path / "sweep"
-    r = subprocess.run([sys.executable, "-m", "gradflow_exp.reproduce", "fig7", "--epochs", "2",
+    r = subprocess.run([sys.executable, "-m", "gradflow_exp.commands.reproduce", "fig7", "--epochs", "2",
                         "--seeds", "0,1", "--out", str(out), "logger=none", "dataset.M=300",
                         "trainer.progress=false"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -20,7 +20,7 @@ def test_reproduce_runs_the_method_set_and_reports(tmp_path):
 
 
 def test_reproduce_unknown_experiment(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "gradflow_exp.reproduce", "fig99"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "gradflow_exp.commands.reproduce", "fig99"], capture_output=True,
                        text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and "valid: " in r.stderr and "fig7" in r.stderr and "Traceback" not in r.stderr
 
@@ -34,7 +34,7 @@ def test_reproduce_runs_the_reference_curves(tmp_path):
     import yaml
 
     out = tmp_path / "sweep"
-    r = subprocess.run([sys.executable, "-m", "gradflow_exp.reproduce", "fig8", "--epochs", "1", "--seeds", "0",
+    r = subprocess.run([sys.executable, "-m", "gradflow_exp.commands.reproduce", "fig8", "--epochs", "1", "--seeds", "0",
                         "--out", str(out), "logger=none", "dataset.M=300", "trainer.progress=false",
                         "optimizer.lr=0.4"],     # the methods' Δt; the reference keeps its own
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -56,8 +56,8 @@ def test_library_references_run_at_a_plain_lr_beside_per_particle_methods(experi
     """The methods take Δt per particle (lr = K·Δt, K = m/2); references named by a library
     optimizer, Adam/Adagrad/RMSprop(1e-3), run at lr 1e-3 itself (on fig10 at K·1e-3 = 5
     Adam and RMSprop blow up)."""
-    from gradflow_exp.build import build
-    from gradflow_exp.reproduce import references
+    from gradflow_exp.run.build import build
+    from gradflow_exp.commands.reproduce import references
     from helpers import SMALL, compose_cfg
 
     small = [*SMALL, f"experiment={experiment}", "dataset.M=300", "model.width=20", "trainer.batch_size=64"]

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from gradflow_exp.rundir import checkpoint_header, read_checkpoint
+from gradflow_exp.run.rundir import checkpoint_header, read_checkpoint
 from helpers import SMALL, compose_cfg, hydra_inprocess
 
 RUN = ["experiment=fig7", "dataset.M=300", "trainer.epochs=200", "threads=1"]
@@ -43,7 +43,7 @@ def checkpoint_epoch(run_dir) -> int:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run."""
-    from gradflow_exp.job import run
+    from gradflow_exp.run.job import run
 
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     assert run(compose_cfg(SMALL + RUN), run_dir)["status"] == "completed"
@@ -75,7 +75,7 @@ def test_sigkill_then_same_command_resumes_exactly(tmp_path, reference, monkeypa
 
 
 def test_sigterm_writes_checkpoint_and_interrupted_summary(tmp_path, reference):
-    from gradflow_exp.job import run
+    from gradflow_exp.run.job import run
 
     cfg = compose_cfg(SMALL + RUN + ["trainer.checkpoint_every=1"])
     run_dir = tmp_path / "run"
@@ -114,8 +114,8 @@ def resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch, age=None):
     run it again, and check it ends exactly as the uninterrupted run. Returns the run directory."""
     import shutil
 
-    import gradflow_exp.batch as batch
-    import gradflow_exp.job as job
+    import gradflow_exp.run.batch as batch
+    import gradflow_exp.run.job as job
 
     save = batch.save_checkpoint
 
@@ -147,7 +147,7 @@ def test_energy_method_resumes_exactly(tmp_path, monkeypatch):
 
 
 def test_finished_run_is_skipped_and_another_config_refused(tmp_path):
-    from gradflow_exp.job import ConfigError, run
+    from gradflow_exp.run.job import ConfigError, run
 
     cfg = compose_cfg(SMALL + ["experiment=fig7", "dataset.M=300", "trainer.epochs=1"])
     run_dir = tmp_path / "run"
@@ -162,7 +162,7 @@ def test_finished_run_is_skipped_and_another_config_refused(tmp_path):
 
 
 def test_resume_argument_is_the_run_command(tmp_path):
-    from gradflow_exp.cli import expand_resume
+    from gradflow_exp.commands.cli import expand_resume
 
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("- experiment=fig7\n- optimizer.lr=0.02\n")
@@ -178,7 +178,7 @@ def test_run_of_an_earlier_version_resumes(tmp_path, monkeypatch):
     or the optimizer constructor's). Set to something else, they make another run."""
     import yaml
 
-    from gradflow_exp.job import ConfigError, run
+    from gradflow_exp.run.job import ConfigError, run
 
     overrides = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=relsav", "trainer.epochs=6",
                          "trainer.log_every=1", "trainer.checkpoint_every=2", "threads=1"]
@@ -206,7 +206,7 @@ def test_run_of_an_earlier_version_resumes(tmp_path, monkeypatch):
 def test_reporting_and_logging_keys_may_differ(tmp_path):
     """Keys that change what a run writes or reports, not what it computes (rundir.MAY_DIFFER),
     may differ between the command that started a run and the one that trains it on."""
-    from gradflow_exp.job import run
+    from gradflow_exp.run.job import run
 
     base = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=sav", "trainer.log_every=1", "threads=1"]
     run_dir = tmp_path / "run"
@@ -220,7 +220,7 @@ def test_finished_run_extends_to_more_epochs(tmp_path, caplog):
     """The same command with a larger trainer.epochs trains a finished run on from its
     checkpoint, ending exactly as a run that long from the start; a shorter length, or one
     an lr schedule depends on, is another run and refused."""
-    from gradflow_exp.job import ConfigError, run
+    from gradflow_exp.run.job import ConfigError, run
 
     base = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=spm_sav", "trainer.log_every=1", "threads=1"]
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
@@ -289,7 +289,7 @@ def test_a_fresh_run_that_fails_on_bad_input_records_its_config(tmp_path, monkey
 def test_a_diverged_run_asked_for_more_epochs_is_skipped(tmp_path, caplog):
     """A longer run of a diverged one is that run up to the same NaN: extending a sweep
     (gradflow-reproduce FIG --epochs N into the same directory) skips it, files untouched."""
-    from gradflow_exp.job import run
+    from gradflow_exp.run.job import run
 
     base = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=sgd", "optimizer.lr=500", "threads=1"]
     run_dir = tmp_path / "run"

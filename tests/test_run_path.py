@@ -1,4 +1,4 @@
-"""The one run path (gradflow_exp/batch.py) where runs meet the outside: a replica batch
+"""The one run path (gradflow_exp/run/batch.py) where runs meet the outside: a replica batch
 killed while it writes its checkpoints, Ctrl-C, checkpoints by the clock, and the bad input
 around a run or a sweep that must be refused in one line before anything trains."""
 import json
@@ -19,7 +19,7 @@ BATCH = ["experiment=fig7", "dataset.M=300", "model.width=10", "trainer.epochs=6
 
 
 def _run(overrides, run_dir):
-    from gradflow_exp.job import run
+    from gradflow_exp.run.job import run
 
     return run(compose_cfg(SMALL + list(overrides)), run_dir)
 
@@ -33,8 +33,8 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
     from helpers import SMALL, compose_cfg
-    import gradflow_exp.batch as batch
-    from gradflow_exp.job import run
+    import gradflow_exp.run.batch as batch
+    from gradflow_exp.run.job import run
 
     real = batch.save_checkpoint
     def save(path, state, config, **kw):
@@ -84,7 +84,7 @@ def test_ctrl_c_ends_after_the_epoch_with_a_checkpoint_and_the_same_command_resu
     assert "interrupted (Ctrl-C) after epoch" in out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and (tmp_path / "run" / "checkpoint.pt").is_file()
-    from gradflow_exp.rundir import read_checkpoint
+    from gradflow_exp.run.rundir import read_checkpoint
 
     header, _ = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert header["epoch"] == summary["epochs_completed"] > 0
@@ -96,13 +96,13 @@ def test_ctrl_c_ends_after_the_epoch_with_a_checkpoint_and_the_same_command_resu
 def test_checkpoints_by_the_clock(tmp_path, monkeypatch):
     """trainer.checkpoint_minutes: a checkpoint as soon as that much training time has passed
     since the last (here every epoch: the clock is made to run fast), none with null."""
-    import gradflow_exp.loop as loop
+    import gradflow_exp.training.loop as loop
 
     saved = []
     real = loop.time.perf_counter
     ticks = iter(range(10 ** 6))
     monkeypatch.setattr(loop.time, "perf_counter", lambda: real() + 600.0 * next(ticks))   # 10 min a call
-    import gradflow_exp.batch as batch
+    import gradflow_exp.run.batch as batch
 
     orig = batch.save_checkpoint
 

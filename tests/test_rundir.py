@@ -1,5 +1,5 @@
 """One process per run directory, checkpoints that prove whose they are, and failures that
-end the same way (gradflow_exp/rundir.py)."""
+end the same way (gradflow_exp/run/rundir.py)."""
 import json
 import os
 import shutil
@@ -15,7 +15,7 @@ RUN = SMALL + ["experiment=fig7", "dataset.M=300", "optimizer=sav", "trainer.log
 
 
 def _run(run_dir, *extra):
-    from gradflow_exp.job import run
+    from gradflow_exp.run.job import run
 
     return run(compose_cfg(RUN + list(extra)), run_dir)
 
@@ -28,11 +28,11 @@ def test_a_second_process_on_a_run_directory_is_refused_naming_it(tmp_path):
     """While another process holds the run directory (a run training there), this one is
     refused in one line naming its PID, and writes nothing; once it is gone (even killed:
     the kernel drops the lock) the directory is free."""
-    from gradflow_exp.job import ConfigError
+    from gradflow_exp.run.job import ConfigError
 
     run_dir = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time; from gradflow_exp.rundir import Lock\n"
+                               "import sys, time; from gradflow_exp.run.rundir import Lock\n"
                                "with Lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
                                str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
@@ -72,7 +72,7 @@ def test_resume_of_a_run_still_training_is_refused(tmp_path, monkeypatch, capsys
 def test_another_runs_checkpoint_is_never_resumed(tmp_path):
     """A checkpoint copied from another run (another seed, same shapes) is refused in one
     line naming what differs, and the run's files are left as they were."""
-    from gradflow_exp.job import ConfigError
+    from gradflow_exp.run.job import ConfigError
 
     for seed in (0, 1):
         _run(tmp_path / f"s{seed}", f"seed={seed}", "trainer.epochs=3", "trainer.checkpoint_every=1")
@@ -88,7 +88,7 @@ def test_another_runs_checkpoint_is_never_resumed(tmp_path):
 
 def test_a_corrupt_checkpoint_is_never_resumed(tmp_path):
     """Flipped bytes in the payload fail the checksum: refused, never a 'result'."""
-    from gradflow_exp.job import ConfigError
+    from gradflow_exp.run.job import ConfigError
 
     run_dir = tmp_path / "run"
     _run(run_dir, "trainer.epochs=3")

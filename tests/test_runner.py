@@ -1,4 +1,4 @@
-"""End-to-end: runs write what SPEC says a run directory holds."""
+"""End-to-end: runs write what README ("What a run writes") says a run directory holds."""
 import json
 import math
 import subprocess
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from gradflow_exp.rundir import read_checkpoint
+from gradflow_exp.run.rundir import read_checkpoint
 from helpers import cli
 
 REQUIRED = ["epoch", "train_mse", "test_mse", "train_rel_error", "test_rel_error", "lr", "wall_time"]
@@ -150,7 +150,7 @@ def test_every_method_family_trains_through_the_runner(method, run_inprocess):
     ([1.0, 0.31], 0.02, False),                   # too few rows to say
 ])
 def test_stalled_flag_needs_low_q_and_no_progress(curve, q, stalled):
-    from gradflow_exp.loop import LoopConfig, _summary
+    from gradflow_exp.training.loop import LoopConfig, _summary
     epochs = 20
     rows = [{"epoch": round(i * epochs / (len(curve) - 1)), "train_rel_error": e, "q": q}
             for i, e in enumerate(curve)]
@@ -165,7 +165,7 @@ def test_stalled_flag_needs_low_q_and_no_progress(curve, q, stalled):
     ([1.0, 0.5, float("nan")], False),     # non-finite: status diverged says it, no flag
 ])
 def test_blown_up_flag_for_a_run_that_ends_above_its_start(curve, blown_up):
-    from gradflow_exp.loop import LoopConfig, _summary
+    from gradflow_exp.training.loop import LoopConfig, _summary
     rows = [{"epoch": 10 * i, "train_rel_error": e} for i, e in enumerate(curve)]
     flags = _summary(rows, "completed", None, 1, 20, 1.0, LoopConfig(epochs=20))["flags"]
     assert any(f.startswith("blown_up") for f in flags) == blown_up

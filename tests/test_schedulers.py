@@ -60,7 +60,7 @@ def test_schedule_changes_an_energy_stable_run(run_inprocess):
 @pytest.mark.parametrize("optimizer,cls", [("adamw", "torch.optim.adamw.AdamW"), ("nadam", "torch.optim.nadam.NAdam"),
                                            ("lamb", "pytorch_optimizer.optimizer.lamb.Lamb")])
 def test_new_baselines_build_and_train(run_inprocess, optimizer, cls):
-    from gradflow_exp.build import build
+    from gradflow_exp.run.build import build
 
     cfg = compose_cfg(SMALL + FIG7 + [f"optimizer={optimizer}", "optimizer.lr=0.003"])
     _, _, _, opt, _ = build(cfg)

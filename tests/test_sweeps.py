@@ -17,7 +17,7 @@ def compose_hydra(overrides):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gradflow_exp.cli import CONF_DIR
+    from gradflow_exp.commands.cli import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -85,7 +85,7 @@ def test_optuna_search_over_lr_C_lam(tmp_path, monkeypatch):
 
 
 def test_objective_counts_unfinished_runs_as_worst():
-    from gradflow_exp.job import objective
+    from gradflow_exp.run.job import objective
 
     run = {"status": "completed", "final": {"test_rel_error": 0.2}, "best": {"test_rel_error": 0.1}}
     assert objective(run) == 0.2 and objective(run, "best") == 0.1

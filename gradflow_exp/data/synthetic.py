@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import torch
 
-from gradflow_exp.schema import SYNTHETIC_PROBLEMS as PROBLEMS
+from gradflow_exp.config.schema import SYNTHETIC_PROBLEMS as PROBLEMS
+from gradflow_exp.data.dataset import Dataset, split, zscore
+
+
+def dataset(name: str, D: int, M: int, train_fraction: float, coef: str, seed: int,
+            x_std: float = 0.2) -> Dataset:
+    """Examples 1–3 (conf/dataset/sincos.yaml, quadratic.yaml, gaussian.yaml): M samples from
+    the seed, a train_fraction split, inputs z-scored with the training statistics."""
+    x, y = generate(name, D=D, M=M, seed=seed, coef=coef, x_std=x_std)
+    x_tr, y_tr, x_te, y_te = split(x, y, train_fraction, seed)
+    x_tr, x_te = zscore(x_tr, x_te)
+    return Dataset(x_tr, y_tr.unsqueeze(-1), x_te, y_te.unsqueeze(-1), "regression", 1)
 
 
 def generate(name: str, D: int, M: int, seed: int, coef: str = "uniform",

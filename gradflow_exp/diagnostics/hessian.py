@@ -1,4 +1,4 @@
-"""Extreme eigenvalues of the training-loss Hessian, matrix-free (seed 003: saddle or minimum).
+"""Extreme eigenvalues of the training-loss Hessian, matrix-free (saddle or minimum: docs/sources.md, the notes on stalls).
 
 The Hessian H = ∇²I(θ) is applied as a Hessian-vector product, the vector-Jacobian product
 of ∇I (``torch.func.vjp(torch.func.grad(I))``: one linearisation, then one double-backward

@@ -1,4 +1,4 @@
-"""Gradient signal-to-noise across mini-batches (seed 003 §4, seed 004 §4.1).
+"""Gradient signal-to-noise across mini-batches (docs/sources.md, the notes on stalls and adaptive methods).
 
 At θ, with I the training loss and a batch size b:
 

@@ -1,6 +1,6 @@
 """Exponential SAV: ExpSAV and RelExpSAV, one consistent scheme kept in log space.
 
-Seed 001 is inconsistent here: §2.2.4 defines r = C·exp(L) but updates
+The evaluation (docs/sources.md) is inconsistent here: §2.2.4 defines r = C·exp(L) but updates
 r^{n+1} = rⁿ/(1 + ΔtS/rⁿ), §2.5.2 derives r^{n+1} = (rⁿ)²/(rⁿ + ΔtS) and then
 r^{n+1} = rⁿ/(1 + ΔtS), none of which is the chain rule of its own definition
 (d exp(L)/dt = exp(L)·dL/dt), and C·exp(L) overflows for L ≳ 700.
@@ -43,7 +43,7 @@ r^{n+1} = ξ₀ r̃ + (1−ξ₀) r̂ with ξ₀ the smallest ξ ∈ [0,1] such 
 
 which gives, in closed form, s^{n+1} = min(ŝ, s̃ + η(sⁿ − s̃)) and
 ξ₀ = expm1(s^{n+1} − ŝ)/expm1(s̃ − ŝ) when ŝ > s̃ (else 0). Energy: s^{n+1} − sⁿ ≤
-−(1−η) log(1 + ΔtKρⁿS/C) ≤ 0, whichever batch ŝ is on. (Seed 001 §2.4/Thm 2.6 uses r − r̂ ≤ η‖Δθ‖/Δt, which mixes
+−(1−η) log(1 + ΔtKρⁿS/C) ≤ 0, whichever batch ŝ is on. (The evaluation's §2.4/Thm 2.6 uses r − r̂ ≤ η‖Δθ‖/Δt, which mixes
 units and does not imply r^{n+1} ≤ rⁿ.)
 
 ``restart='epoch'``: the step after ``epoch_start()`` uses sⁿ = Iⁿ/C (ρ = 1); the

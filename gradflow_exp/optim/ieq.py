@@ -5,7 +5,7 @@ vector on the batch (``closure.functional_residuals``, N = batch × outputs), so
 ∇I = (2/N) Jᵀq with J = ∂q/∂θ (N × n). With time scale K the flow is θ' = −K∇I, hence
 q' = J θ' = −K (2/N) J Jᵀ q.
 
-IEQ (seed 001 §2.2.5 A), scaled so that small Δt follows θ' = −K∇I::
+IEQ (the evaluation §2.2.5 A, docs/sources.md), scaled so that small Δt follows θ' = −K∇I::
 
     q^{n+1} = (I_N + Δt K (2/N) J Jᵀ)⁻¹ qⁿ          (N × N Cholesky solve, never n × n)
     θ^{n+1} = θⁿ − Δt K (2/N) Jᵀ q^{n+1}
@@ -19,7 +19,7 @@ residual of the model *linearised* at θⁿ after the step (q + JΔθ = q^{n+1})
 linearised loss, not I(θ^{n+1}) itself. Cost: J is N × n (``torch.func.jacrev``),
 the solve O(N³), forming JJᵀ O(N²n).
 
-IEQ adaptive (seed 001 §2.2.5 B), same scaling: replacing (2/N)JJᵀ by its Rayleigh
+IEQ adaptive (the evaluation §2.2.5 B), same scaling: replacing (2/N)JJᵀ by its Rayleigh
 quotient along qⁿ, qᵀ(2/N)JJᵀq/‖q‖² = ‖∇I‖²/(2I) (because ‖Jᵀq‖² = (N/2)²‖∇I‖² and
 ‖q‖² = N·I), gives::
 

@@ -4,7 +4,7 @@ An optimizer config is a Hydra node with ``_target_`` (a torch.optim class or on
 this package's) and its hyperparameters; ``conf/optimizer/<name>.yaml`` is the registry,
 so ``optimizer=<name>`` selects it.
 
-Time scaling (SPEC, "Time scaling"): with factor K the optimizer follows the flow
+Time scaling (README, `time_scale`): with factor K the optimizer follows the flow
 θ' = −K ∇I. Our energy-stable optimizers take ``time_scale=K`` themselves (their energy
 bookkeeping needs it); for torch baselines K multiplies the learning rate, which is the
 same thing for SGD (Euler) and SGD with momentum.
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def resolve_time_scale(time_scale, model: torch.nn.Module) -> float:
     """'plain' → 1, 'particle' → the model's m/2, 'F*particle' → F·m/2, a number → itself
-    (the forms gradflow_exp/schema.py admits)."""
+    (the forms gradflow_exp/config/schema.py admits)."""
     if time_scale in (None, "plain"):
         return 1.0
     if isinstance(time_scale, str) and time_scale.strip().endswith("particle"):

@@ -46,7 +46,7 @@ closed form, r^{n+1} = min(r̂, √(r̃² + ηD)) and ξ₀ = (r̂ − r^{n+1})/
 we compute it that way (no cancellation, no host sync). Guarantee: D ≤ the dissipation
 (1+λτ)-weighted term above, hence (r^{n+1})² ≤ (rⁿ)² − (1 − η)D ≤ (rⁿ)² for η ∈ [0, 1].
 The time scale enters D as 1/K so that this holds for every K (K = 1 is the paper's).
-Seed 001 §2.4 writes the blend with ξ on r̂ and the constraint against r̂; that version
+The evaluation (docs/sources.md) §2.4 writes the blend with ξ on r̂ and the constraint against r̂; that version
 does not imply r^{n+1} ≤ rⁿ, so the paper's form is implemented.
 
 ``rhat_batch`` (the paper leaves open which batch r̂^{n+1} is evaluated on, and a user's

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from gradflow_exp.flags import COLLAPSE_Q, run_flags
-from gradflow_exp.rundir import EPOCHS, MAY_DIFFER, covered, flatten
+from gradflow_exp.training.flags import COLLAPSE_Q, run_flags
+from gradflow_exp.run.rundir import EPOCHS, MAY_DIFFER, covered, flatten
 
 RUN_MARKERS = ("summary.json", "metrics.csv")
 # Directories that hold a run's internals, never another run.

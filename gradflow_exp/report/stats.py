@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from gradflow_exp.metrics import columns, higher_is_better
+from gradflow_exp.training.metrics import columns, higher_is_better
 
 ERROR_METRICS = list(columns("lower", reported=True))        # the table's errors, then accuracies
 ACCURACY_METRICS = list(columns("higher", reported=True))

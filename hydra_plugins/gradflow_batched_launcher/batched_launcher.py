@@ -1,5 +1,5 @@
 """``hydra/launcher=batched``: a sweep's jobs that differ only in what replicas may differ in
-(the seed, Δt, C, λ, η) run as one replica batch each (gradflow_exp/replicas.py), every
+(the seed, Δt, C, λ, η) run as one replica batch each (gradflow_exp/run/replicas.py), every
 job still in its own run directory, with its own summary, W&B run and return value.
 
     gradflow-train -m hydra/launcher=batched experiment=fig7 optimizer=sgd,sav seed=0,1,2,3
@@ -50,7 +50,7 @@ class BatchedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from gradflow_exp.batching import Job, groups_of
+        from gradflow_exp.run.sweep import Job, groups_of
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -89,7 +89,7 @@ class BatchedLauncher(Launcher):
         """One Slurm job per batch and per job that runs alone (submitit), all at once."""
         import submitit
 
-        from gradflow_exp.batching import GroupJob
+        from gradflow_exp.run.sweep import GroupJob
 
         executor = submitit.AutoExecutor(folder=str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j"),
                                          cluster="slurm")
@@ -121,7 +121,7 @@ class BatchedLauncher(Launcher):
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
     def _run_batches(self, batches):
-        from gradflow_exp.batching import run_group
+        from gradflow_exp.run.sweep import run_group
 
         for group in batches:
             log.info("\tbatch of %d: %s", len(group),

@@ -132,7 +132,7 @@ def test_ressav_r_below_its_reset_value(cls, dt):
                          ids=lambda v: getattr(v, "__name__", str(v)))
 def test_relaxed_xi_and_inequality(cls, kw, dt):
     """ξ ∈ [0,1]; (r^{n+1})² − r̃² ≤ η‖Δθ‖²/(KΔt) (plain; with τ = Δt/(√v̂+ε) for A-RelSAV);
-    also (r^{n+1})² − (r̂^{n+1})² ≤ η‖Δθ‖²/Δt (seed 001's form) since r^{n+1} ≤ r̂^{n+1}."""
+    also (r^{n+1})² − (r̂^{n+1})² ≤ η‖Δθ‖²/Δt (the evaluation's form, docs/sources.md) since r^{n+1} ≤ r̂^{n+1}."""
     eta, K, lam, C = kw.get("eta", 0.99), kw.get("time_scale", 1.0), kw.get("lam", 0.0), 1.0
     adaptive = cls is ARelSAV
     for _, make, x, y in problems():

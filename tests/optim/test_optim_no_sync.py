@@ -1,4 +1,4 @@
-"""A replica batch's step reads nothing back to the host (issue 20): on an accelerator every
+"""A replica batch's step reads nothing back to the host (docs/speed.md): on an accelerator every
 such read (``.item()``, ``float(t)``, ``if t:``, ``.tolist()``) waits for the device, so the
 step must stay a chain of kernels, with the per-replica scalars (r, ξ, the step sizes)
 as tensors [R].

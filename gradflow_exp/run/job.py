@@ -1,7 +1,7 @@
 """One job, after its config has passed the schema: its runs, through the one run path.
 
 A job is one run (``gradflow-train experiment=fig7``) or, with ``replicas``, several trained
-as one batch (gradflow_exp/replicas.py); either way gradflow_exp/batch.py takes the run
+as one batch (gradflow_exp/run/replicas.py); either way gradflow_exp/run/batch.py takes the run
 directories, builds, trains and writes. `gradflow_exp.train` (the command line) imports
 this only once the input is known good: it is where torch comes in.
 """
@@ -12,9 +12,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from gradflow_exp import replicas, schema
-from gradflow_exp.batch import Member, train_together
-from gradflow_exp.schema import ConfigError
+from gradflow_exp.run import replicas
+from gradflow_exp.config import schema
+from gradflow_exp.run.batch import Member, train_together
+from gradflow_exp.config.schema import ConfigError
 
 __all__ = ["ConfigError", "objective", "run"]
 
@@ -23,7 +24,7 @@ def run(cfg: DictConfig, run_dir: Path, record: dict | None = None) -> dict:
     """Train one job into ``run_dir``; returns its summary. ``record``: Hydra's overrides,
     hydra node and job name for the run's ``.hydra/`` (none outside Hydra).
 
-    What the directory already holds decides what happens (`gradflow_exp.rundir`): this run
+    What the directory already holds decides what happens (`gradflow_exp.run.rundir`): this run
     finished → skipped; unfinished → resumed from its checkpoint; shorter → trained on;
     another run's → refused (ConfigError). Bad input raises ConfigError before anything trains.
     """

@@ -1,7 +1,7 @@
 """Where a run's results go: metrics.csv, summary.json, checkpoints, W&B.
 
 Files are flushed row by row (a killed run keeps what it logged); summary.json and
-checkpoints are written atomically by gradflow_exp/rundir.py, so a run directory never
+checkpoints are written atomically by gradflow_exp/run/rundir.py, so a run directory never
 holds half a file.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from gradflow_exp.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
+from gradflow_exp.training.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class WandbRun:
 
     @property
     def name(self) -> str:
-        from gradflow_exp.rundir import MAY_DIFFER, covered
+        from gradflow_exp.run.rundir import MAY_DIFFER, covered
 
         keep = [o for o in self.overrides
                 if not covered(o.split("=", 1)[0].lstrip("+~"), (*MAY_DIFFER, "hydra", "resume"))]
@@ -95,7 +95,7 @@ class WandbRun:
     def id(self) -> str:
         """The run's identity as a W&B id: a rerun, a resume or an extension of the run in
         this directory continues the same W&B run, never an orphan beside it."""
-        from gradflow_exp.rundir import EPOCHS, MAY_DIFFER, covered, flatten
+        from gradflow_exp.run.rundir import EPOCHS, MAY_DIFFER, covered, flatten
 
         identity = {k: v for k, v in flatten(self.resolved).items() if not covered(k, (*MAY_DIFFER, EPOCHS))}
         text = json.dumps([str(Path(self.run_dir).resolve()), identity], sort_keys=True, default=str)
@@ -135,7 +135,7 @@ class WandbSink:
         except ImportError:  # pragma: no cover - wandb is a dependency
             log.warning("wandb is not installed; W&B logging disabled")
             return
-        from gradflow_exp.provenance import ROOT, code_version
+        from gradflow_exp.run.provenance import ROOT, code_version
 
         run_dir = Path(info.run_dir)
         self._logged = logged_epochs(run_dir / "wandb", info.id)

@@ -16,7 +16,10 @@ import sys
 import traceback
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from gradflow_exp.config import CONF_DIR
+
+__all__ = ["CONF_DIR"]
+
 MULTIRUN_FLAGS = ("-m", "--multirun")
 # Set by `run` for the processes a launcher starts: the user asked for tracebacks.
 TRACEBACK_ENV = "GRADFLOW_TRACEBACK"
@@ -37,7 +40,7 @@ def run(task, args: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from gradflow_exp.schema import ConfigError
+    from gradflow_exp.config.schema import ConfigError
 
     debug = os.environ.get("HYDRA_FULL_ERROR") == "1"
     logging.raiseExceptions = False      # a full disk must not print a traceback per log line
@@ -84,7 +87,7 @@ def run(task, args: list[str]) -> None:
 def _hold_sweep_dir(args: list[str]):
     """A sweep into a named ``hydra.sweep.dir`` holds its lock while it runs: a second sweep
     on a directory in use is refused at once, in one line (a timestamped default is new)."""
-    from gradflow_exp.rundir import Lock, RunDirError
+    from gradflow_exp.run.rundir import Lock, RunDirError
 
     named = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0].lstrip("+") == "hydra.sweep.dir"]
     if not named:
@@ -133,7 +136,7 @@ def check_arguments(args: list[str]) -> None:
     directory."""
     from hydra._internal.utils import get_args_parser
 
-    from gradflow_exp.schema import ConfigError
+    from gradflow_exp.config.schema import ConfigError
 
     for a in args:
         key, eq, value = a.partition("=")
@@ -158,8 +161,8 @@ def _exit(msg: str, code: int) -> None:
 def job_failed(e: BaseException, run_dir: Path) -> int:
     """A job's failure (its summary already says so): its line on stderr, the traceback in
     the job's log file (and on stderr if asked for); returns the exit code."""
-    from gradflow_exp.rundir import error_message
-    from gradflow_exp.schema import ConfigError
+    from gradflow_exp.run.rundir import error_message
+    from gradflow_exp.config.schema import ConfigError
 
     bad_input = isinstance(e, ConfigError)
     msg = error_message(e)
@@ -191,7 +194,7 @@ def hydra_message(e: BaseException) -> str:
     from hydra.errors import InstantiationException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-    from gradflow_exp.schema import omegaconf_message, unknown_key_message
+    from gradflow_exp.config.schema import omegaconf_message, unknown_key_message
 
     if isinstance(e, InstantiationException) and isinstance(e.__cause__, (ValueError, TypeError)):
         return _first_line(e.__cause__)     # a plugin's own check (the launcher's settings)
@@ -235,8 +238,8 @@ def expand_resume(args: list[str]) -> list[str]:
     the command that started it; the run then continues from its checkpoint. Other
     arguments (``--cfg job``, a key given again) are kept, a key given again replacing its
     saved value."""
-    from gradflow_exp.rundir import saved_overrides
-    from gradflow_exp.schema import ConfigError
+    from gradflow_exp.run.rundir import saved_overrides
+    from gradflow_exp.config.schema import ConfigError
 
     resume = [a for a in args if a.startswith("resume=")]
     if not resume:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # what decides a run's numbers; untracked files are left out (outputs/, scratch)
 _CODE_PATHS = ("gradflow_exp", "conf", "pyproject.toml")
 

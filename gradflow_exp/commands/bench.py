@@ -11,12 +11,12 @@ of the model, SGD's step) is reported against it. Memory: the optimizer's state 
 the process's peak RSS (CUDA: peak allocated). Prints a table and writes JSON (``--json``).
 
 Runner overhead (two-layer problems): an epoch of the runner's own training loop
-(`gradflow_exp.loop.train`, SGD, metrics.csv written, the problem's ``log_every``) against
+(`gradflow_exp.training.loop.train`, SGD, metrics.csv written, the problem's ``log_every``) against
 an epoch of a plain script (hand-written gradient, in-place update, nothing else), also
 interleaved; the issue's bar is that the runner is not slower.
 
 Replica batches (``--replicas R``, two-layer problems): R seeds trained as one batch in one
-process (`gradflow_exp.replicas`) against the same R runs one after another through the
+process (`gradflow_exp.run.replicas`) against the same R runs one after another through the
 runner's loop, interleaved rounds, speedup = median over rounds of the ratio.
 
 Own loop (``--own-loop``): the package's optimizers as a torch user steps them, on a generic
@@ -32,7 +32,7 @@ two seeds, E epochs, one thread a process) as whole ``gradflow-train -m`` comman
 the basic launcher, the batched one, and the batched one with ``n_jobs=2``, interleaved
 rounds; wall time of each command (start-up included), speedup = median ratio to basic.
 
-Targets (issue 5) are ratios to SGD: SAV-type, ExpSAV, IEQ-adaptive, AEGD ≤ 1.10×,
+Targets (docs/speed.md) are ratios to SGD: SAV-type, ExpSAV, IEQ-adaptive, AEGD ≤ 1.10×,
 RelSAV ≤ 1.40×, IEQ full Jacobian ≤ 2.5× (fig2, batch 64), SPM(J=10) ≤ 4× its base.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ from gradflow_exp.data import Dataset, build_dataset
 from gradflow_exp.losses import build_loss
 from gradflow_exp.models import MLP, TwoLayerNet
 from gradflow_exp.optim import BatchClosure, build_optimizer
-from gradflow_exp.cli import CONF_DIR
+from gradflow_exp.config import CONF_DIR, dataset_config, optimizer_config, optimizer_names
 
 
 @dataclass
@@ -80,8 +80,8 @@ TARGETS = {"sav": 1.10, "ressav": 1.10, "asav": 1.10, "aressav": 1.10, "expsav":
 ADAPTIVE = ("asav", "aressav", "arelsav")   # also reported against Adam
 SPM_TARGET = 4.0           # SPM(J=10) against its base method
 RUNNER_TARGET = 1.15       # the runner's further epoch against the plain script's
-OWN_LOOP_TARGETS = {"sav": 1.10, "relsav": 1.40}   # issue 20, on nn.Sequential with autograd
-SWEEP_TARGET = 4.0         # issue 20: the batched launcher against the basic one, fig7
+OWN_LOOP_TARGETS = {"sav": 1.10, "relsav": 1.40}   # docs/speed.md, on nn.Sequential with autograd
+SWEEP_TARGET = 4.0         # docs/speed.md: the batched launcher against the basic one, fig7
 SWEEP = ["experiment=fig7", "optimizer=sgd,adam", "optimizer.lr=0.01,0.1", "seed=0,1", "logger=none", "threads=1"]
 LAUNCHERS = {"basic": ["hydra/launcher=basic"], "batched": ["hydra/launcher=batched"],
              "batched, n_jobs=2": ["hydra/launcher=batched", "hydra.launcher.n_jobs=2"]}
@@ -123,10 +123,7 @@ def _sync(device):
 
 
 def build_problem(p: Problem, dtype, device, seed=0) -> tuple[Dataset, callable]:
-    if p.dataset == "mnist":
-        cfg = OmegaConf.create({"name": "mnist", "root": None})
-    else:
-        cfg = OmegaConf.create({"name": p.dataset, "D": p.D, "M": 10000})
+    cfg = dataset_config("mnist") if p.dataset == "mnist" else dataset_config(p.dataset, D=p.D, M=10000)
     data = build_dataset(cfg, seed).to(device, dtype)
 
     def make_model():
@@ -160,17 +157,6 @@ def time_interleaved(runs: dict, run_steps, repeats: int, steps: int, device) ->
             run_steps(*runs[m], steps)
             times[m].append((clock() - t) / steps)
     return times
-
-
-def optimizer_config(name: str):
-    """``conf/optimizer/<name>.yaml`` as the runner composes it (spm_<base>: the base's config
-    plus its spm node, perturbations seeded)."""
-    cfg = OmegaConf.load(CONF_DIR / "optimizer" / f"{name}.yaml")
-    if "defaults" in cfg:
-        base = OmegaConf.load(CONF_DIR / "optimizer" / f"{cfg.defaults[0]}.yaml")
-        cfg = OmegaConf.merge(base, {"spm": cfg.spm})
-        cfg.spm.seed = 0
-    return cfg
 
 
 def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
@@ -236,8 +222,8 @@ def bench_runner(p: Problem, dtype, device, log_every: int, epochs: int, repeats
     ``fixed_s`` is that one-off cost, 2·T(E) − T(2E)."""
     import tempfile
 
-    from gradflow_exp.loop import LoopConfig, OneModel, Run, train
-    from gradflow_exp.sinks import CSVSink
+    from gradflow_exp.training.loop import LoopConfig, OneModel, Run, train
+    from gradflow_exp.run.sinks import CSVSink
 
     data, make_model = build_problem(p, dtype, device)
     loss_fn = build_loss("mse")
@@ -292,13 +278,13 @@ def bench_replicas(p: Problem, R: int, method: str, dtype, device, epochs: int, 
     inside the batch) instead of one tiny lr for all."""
     import tempfile
 
-    from gradflow_exp.loop import LoopConfig, OneModel, Run, Stacked, train
+    from gradflow_exp.training.loop import LoopConfig, OneModel, Run, Stacked, train
     from gradflow_exp.optim import build_replica_optimizer
-    from gradflow_exp.sinks import CSVSink
+    from gradflow_exp.run.sinks import CSVSink
 
     problems = [build_problem(p, dtype, device, seed=s) for s in range(R)]
     loss_fn = build_loss("mse")
-    opt_cfg = OmegaConf.load(CONF_DIR / "optimizer" / f"{method}.yaml")
+    opt_cfg = optimizer_config(method)
     opt_cfg.lr = 1e-4                       # tiny steps: timing, not training
     if "restart" in opt_cfg and method == "sav":
         opt_cfg.restart = "epoch"           # as fig2 / fig7 run SAV (conf/method/fig*/sav.yaml)
@@ -522,12 +508,11 @@ def main(argv=None) -> int:
                           else ("cpu" if args.device == "auto" else args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
-    from gradflow_exp.build import reuse_freed_memory
+    from gradflow_exp.run.build import reuse_freed_memory
     reuse_freed_memory()            # as a job does: the runner and the plain script alike
     dtype = getattr(torch, args.dtype)
     methods = [m.strip() for m in args.methods.split(",")]
-    unknown = [m for m in methods + [m[4:] for m in methods if m.startswith("spm_")]
-               if not (CONF_DIR / "optimizer" / f"{m}.yaml").exists()]
+    unknown = [m for m in methods if m not in optimizer_names()]
     if unknown:
         print(f"gradflow-bench: error: unknown method(s) {unknown}", file=sys.stderr)
         return 2
@@ -535,7 +520,7 @@ def main(argv=None) -> int:
         methods.insert(0, "sgd")
     rep_methods = [m.strip() for m in args.replica_methods.split(",")]
     if bad := [m for m in rep_methods if m in ("ieq", "lamb") or m.startswith("spm_")
-               or not (CONF_DIR / "optimizer" / f"{m}.yaml").exists()]:
+               or m not in optimizer_names()]:
         print(f"gradflow-bench: error: --replica-methods {bad}: not a method this bench stacks", file=sys.stderr)
         return 2
     try:

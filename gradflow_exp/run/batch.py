@@ -1,11 +1,11 @@
 """Training runs as one batch, each into its own run directory: the one path every run takes.
 
-A single run is a batch of one; a replica job (gradflow_exp/replicas.py) and a group of a
+A single run is a batch of one; a replica job (gradflow_exp/run/replicas.py) and a group of a
 batched sweep (gradflow_exp/sweep.py) are batches of several. For each member,
-`train_together` takes its run directory (gradflow_exp/rundir.py decides: a finished run
+`train_together` takes its run directory (gradflow_exp/run/rundir.py decides: a finished run
 is skipped, an unfinished one resumes from its checkpoint, another run's is refused), and
-`Batch` builds it (gradflow_exp/build.py), trains the members together with the loop
-(gradflow_exp/loop.py: one model, or R stacked), and writes what each run writes, once:
+`Batch` builds it (gradflow_exp/run/build.py), trains the members together with the loop
+(gradflow_exp/training/loop.py: one model, or R stacked), and writes what each run writes, once:
 summary.json, metrics.csv, W&B, checkpoints, the log lines.
 
 Signals: SIGTERM (kill, Slurm's scancel, a requeue) and Ctrl-C end every run after its
@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from gradflow_exp import schema
-from gradflow_exp.build import build
-from gradflow_exp.loop import OneModel, Run, Stacked, train
+from gradflow_exp.config import schema
+from gradflow_exp.run.build import build
+from gradflow_exp.training.loop import OneModel, Run, Stacked, train
 from gradflow_exp.optim import build_replica_optimizer, resolve_time_scale
-from gradflow_exp.provenance import code_segments, code_version
-from gradflow_exp.rundir import RunDir, read_json, save_checkpoint, write_json
-from gradflow_exp.schema import ConfigError
-from gradflow_exp.sinks import CSVSink, WandbRun, WandbSink, device_name, method_of
+from gradflow_exp.run.provenance import code_segments, code_version
+from gradflow_exp.run.rundir import RunDir, read_json, save_checkpoint, write_json
+from gradflow_exp.config.schema import ConfigError
+from gradflow_exp.run.sinks import CSVSink, WandbRun, WandbSink, device_name, method_of
 
 log = logging.getLogger("gradflow_exp")
 

@@ -8,10 +8,10 @@ per-step Python and dispatch work (closure, optimizer, hooks). R single runs pay
 times; a batch of R replicas pays it once per step for all of them.
 
 How. Each replica is built exactly as the single run ``… seed=S`` builds it
-(gradflow_exp/build.py on that run's config): its own data set drawn from S, its
+(gradflow_exp/run/build.py on that run's config): its own data set drawn from S, its
 initialisation after ``seed_everything(S)``, its own batch order. The replicas are then one
-batch on the one run path (gradflow_exp/batch.py): the models stacked and trained by the
-loop (`gradflow_exp.loop.Stacked`) with the same optimizer class, built once for all with
+batch on the one run path (gradflow_exp/run/batch.py): the models stacked and trained by the
+loop (`gradflow_exp.training.loop.Stacked`) with the same optimizer class, built once for all with
 ``replicas=R`` (`gradflow_exp.optim.build_replica_optimizer`): every update is the single
 run's code, with a replica dimension (gradflow_exp/optim/base.py, "Replicas"). So a
 replica's trajectory is its single run's to rounding (tests/test_replicas.py checks rtol 1e-9).
@@ -36,9 +36,9 @@ from pathlib import Path
 import hydra.utils
 from omegaconf import DictConfig, open_dict, read_write
 
-from gradflow_exp.batch import Member, train_together
-from gradflow_exp.rundir import Lock, write_record
-from gradflow_exp.schema import ConfigError
+from gradflow_exp.run.batch import Member, train_together
+from gradflow_exp.run.rundir import Lock, write_record
+from gradflow_exp.config.schema import ConfigError
 
 HPARAMS = ("lr", "C", "lam")          # optimizer keys that may vary across replicas
 
@@ -82,7 +82,7 @@ def check_supported(cfg: DictConfig, replicas: list[Member]) -> None:
 
 
 def run(cfg: DictConfig, resolved: dict, run_dir: Path, record: dict) -> dict:
-    """A replica-mode job: its replicas trained together (gradflow_exp/batch.py) into
+    """A replica-mode job: its replicas trained together (gradflow_exp/run/batch.py) into
     ``run_dir/<replica>``; returns the job's summary (`aggregate`)."""
     replicas = expand(cfg)
     check_supported(cfg, replicas)

@@ -4,7 +4,7 @@ batched launcher's logic (hydra_plugins/gradflow_batched_launcher).
 Jobs may share a batch when their configs differ in nothing but the keys replicas may
 differ in (`REPLICA_KEYS`: the seed, Δt, C, λ, η) and their method stacks
 (`gradflow_exp.optim.build_replica_optimizer`). Each job keeps its own run directory and
-everything in it; the group is trained on the one run path, gradflow_exp/batch.py.
+everything in it; the group is trained on the one run path, gradflow_exp/run/batch.py.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gradflow_exp import schema
-from gradflow_exp.cli import JOB_OUTCOMES
-from gradflow_exp.rundir import covered, flatten
+from gradflow_exp.config import schema
+from gradflow_exp.commands.cli import JOB_OUTCOMES
+from gradflow_exp.run.rundir import covered, flatten
 
 log = logging.getLogger("gradflow_exp")
 
@@ -75,9 +75,9 @@ def run_group(jobs: list[Job], threads: int | None = None) -> list[float | None]
     them alone, so that each reports its own error)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from gradflow_exp.batch import Member, train_together
-    from gradflow_exp.job import objective
-    from gradflow_exp.replicas import check_supported
+    from gradflow_exp.run.batch import Member, train_together
+    from gradflow_exp.run.job import objective
+    from gradflow_exp.run.replicas import check_supported
 
     reps = []
     for job in jobs:

@@ -43,7 +43,7 @@ def stretched_over_run(node: dict | None) -> bool:
 
 
 def build_scheduler(node: dict | None, optimizer, epochs: int) -> EpochScheduler | None:
-    """The schedule a ``scheduler`` node names (checked by `gradflow_exp.cli.check_scheduler`);
+    """The schedule a ``scheduler`` node names (checked by `gradflow_exp.commands.cli.check_scheduler`);
     None for ``none``. ``epochs`` is the run's length (warm-up's cosine ends there)."""
     name = (node or {}).get("name", "none")
     if name == "none":

@@ -1,5 +1,5 @@
 """The training loop: batches → optimizer.step(closure) → evaluate → sinks, for one run or
-for R runs trained as one batch (replicas, gradflow_exp/replicas.py) — the same loop.
+for R runs trained as one batch (replicas, gradflow_exp/run/replicas.py) — the same loop.
 
 What is trained is a `Trainee`: `OneModel` (a model and its optimizer, stepped through a
 `BatchClosure`), or `Stacked` (R copies of one model, their parameters stacked along a
@@ -16,7 +16,7 @@ and ``diagnostics(params)``. Data stay on the device and are batched by index; t
 host syncs are one finiteness check per epoch and the logging points.
 
 Optional, off by default (each costs one ``if`` per epoch when off): a learning-rate
-schedule stepped once per epoch after the epoch's row (`gradflow_exp.schedulers`), and
+schedule stepped once per epoch after the epoch's row (`gradflow_exp.training.schedulers`), and
 diagnostics (Hessian spectrum, gradient noise; `gradflow_exp.diagnostics`) computed at
 their epochs, which always get a row; their time is left out of ``wall_time``.
 
@@ -40,18 +40,18 @@ from tqdm.auto import tqdm
 
 from gradflow_exp.data import Dataset
 from gradflow_exp.diagnostics import build_diagnostics
-from gradflow_exp.flags import COLLAPSE_Q, run_flags
-from gradflow_exp.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER, evaluate
+from gradflow_exp.training.flags import COLLAPSE_Q, run_flags
+from gradflow_exp.training.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER, evaluate
 from gradflow_exp.optim import BatchClosure, ReplicaClosure
 from gradflow_exp.optim.stacked import split_state, stack_states
-from gradflow_exp.schedulers import build_scheduler
+from gradflow_exp.training.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LoopConfig:
-    """The ``trainer`` node's values (checked by gradflow_exp/schema.py)."""
+    """The ``trainer`` node's values (checked by gradflow_exp/config/schema.py)."""
     epochs: int
     batch_size: int | None = None     # None or 0: full batch (GD)
     log_every: int = 1                # epochs between logged rows (first and last always logged)

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from gradflow_exp.cli import CONF_DIR
+from gradflow_exp.commands.cli import CONF_DIR
 
 
 def parse_args(argv=None):

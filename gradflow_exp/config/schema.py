@@ -78,7 +78,11 @@ def _tagged(key: str, models: dict[str, type[Node]]):
 
 
 # ------------------------------------------------------------------ dataset
+# A dataset is built by its _target_ (gradflow_exp/data/*.py), as a model is; the name picks
+# the node's keys. A record from before _target_ existed is compared without it (rundir.MAY_DIFFER).
 class Synthetic(Node):
+    target: Literal["gradflow_exp.data.synthetic.dataset"] = Field("gradflow_exp.data.synthetic.dataset",
+                                                                   alias="_target_")
     name: Literal["sincos", "quadratic", "gaussian"]
     D: Int1
     M: Int2
@@ -89,6 +93,7 @@ class Synthetic(Node):
 
 
 class MNIST(Node):
+    target: Literal["gradflow_exp.data.mnist.dataset"] = Field("gradflow_exp.data.mnist.dataset", alias="_target_")
     name: Literal["mnist"]
     root: str | None
     train_fraction: OpenFraction
@@ -99,6 +104,8 @@ class MNIST(Node):
 
 
 class Burgers(Node):
+    target: Literal["gradflow_exp.data.burgers.dataset"] = Field("gradflow_exp.data.burgers.dataset",
+                                                                 alias="_target_")
     name: Literal["burgers"]
     n_x: Int2
     n_t: Int2
@@ -264,7 +271,7 @@ class Trainer(Node):
 
 
 # Nodes added after runs existed carry defaults: a run made before a key existed is
-# compared at that key's default (the behaviour it had), gradflow_exp/rundir.py.
+# compared at that key's default (the behaviour it had), gradflow_exp/run/rundir.py.
 class Hessian(Node):
     every: Int1 | None = None
     k: Int1 = 1

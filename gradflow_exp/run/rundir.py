@@ -13,7 +13,7 @@ kernel drops it with the process, so a SIGKILL leaves no stale lock); a second p
 Whether a job may take a directory (`RunDir.decide`) is decided by comparing the run's
 recorded config with the job's, key by key, except the keys in `MAY_DIFFER` (they change
 what a run writes or reports, not what it computes). A key missing from an older run's
-record is compared at its default (gradflow_exp/schema.py; for an optimizer hyperparameter,
+record is compared at its default (gradflow_exp/config/schema.py; for an optimizer hyperparameter,
 its constructor's). The same config: a finished run is skipped, an unfinished one resumes
 from its checkpoint. Only ``trainer.epochs`` larger: the run is trained on from its
 checkpoint. Anything else: refused in one line naming the keys, and nothing is written
@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradflow_exp.schema import ConfigError, defaults
+from gradflow_exp.config.schema import ConfigError, defaults
 
 log = logging.getLogger("gradflow_exp")
 
@@ -50,13 +50,14 @@ log = logging.getLogger("gradflow_exp")
 # trainer.eval_chunk changes the order of a metric's sums only, so its last bits.
 MAY_DIFFER = ("trainer.progress", "trainer.checkpoint", "trainer.checkpoint_every", "trainer.checkpoint_minutes",
               "trainer.collapse_q",
-              "trainer.eval_chunk", "threads", "hparams_objective", "logger", "references")
+              "trainer.eval_chunk", "threads", "hparams_objective", "logger", "references",
+              "dataset._target_")      # the function dataset.name picks (older records lack it)
 EPOCHS = "trainer.epochs"
 FINISHED = ("completed", "diverged")          # a job with this status is not run again
 RECORD = ".hydra"
 LOCK = ".lock"
 RUN_FILES = ("summary.json", "metrics.csv", "checkpoint.pt")
-# a batch member's checkpoint before the last (gradflow_exp/batch.py): a batch killed while its
+# a batch member's checkpoint before the last (gradflow_exp/run/batch.py): a batch killed while its
 # members write theirs resumes all of them from the epoch they share
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 TMP = ".tmp-"                                 # atomic writes: .<name>.tmp-XXXX, then a rename
@@ -517,7 +518,7 @@ def _cannot_extend(status, done, wanted, has_checkpoint: bool, config: dict, res
     stopped short of that, left a checkpoint, and nothing is stretched over the run's
     length: training on from the checkpoint then gives what a run this long from the start gives."""
     from gradflow_exp.losses import penalty_stretched_over_run
-    from gradflow_exp.schedulers import stretched_over_run
+    from gradflow_exp.training.schedulers import stretched_over_run
 
     if status not in ("completed", "interrupted", "running"):
         return f"it ended {status}"

@@ -1,9 +1,9 @@
 """Everything a run is made of, built from its config: data, model, training loss, optimizer,
 the loop's settings, and the machine's threads and allocator.
 
-Used by every run (gradflow_exp/batch.py builds each member of a batch with it, a single run
+Used by every run (gradflow_exp/run/batch.py builds each member of a batch with it, a single run
 being a batch of one), by the benchmark and by the reproduction script. The config has passed
-`gradflow_exp.schema` already; what only the built objects can tell (an optimizer's own
+`gradflow_exp.config.schema` already; what only the built objects can tell (an optimizer's own
 ranges, a batch larger than the data) is a ConfigError here.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gradflow_exp.data import build_dataset
-from gradflow_exp.loop import LoopConfig
+from gradflow_exp.training.loop import LoopConfig
 from gradflow_exp.losses import build_training_loss
 from gradflow_exp.optim import build_optimizer, resolve_time_scale
-from gradflow_exp.schema import ConfigError
+from gradflow_exp.config.schema import ConfigError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

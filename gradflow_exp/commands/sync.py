@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gradflow_exp.sinks import offline_runs
+from gradflow_exp.run.sinks import offline_runs
 
 
 def main(argv=None) -> int:
