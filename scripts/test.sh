@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # the dev extra: pytest, ruff, and the clients the optimizer tests drive (Lightning, accelerate)
 .venv/bin/python -m pip install -q -e ".[dev,hparams]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import pytest, lightning, accelerate, torch; assert torch.__version__.startswith('2.13.0')"
+.venv/bin/python -c "import pytest, xdist, lightning, accelerate, torch; assert torch.__version__.startswith('2.13.0')"
 export WANDB_SILENT=true WANDB_MODE=offline
-exec .venv/bin/python -m pytest -q --durations=15 "$@"
+# two workers (pytest-xdist), a test file each at a time: the Slurm tests (collected first)
+# wait on the scheduler in one while the other runs the rest; PYTEST_WORKERS=0 runs serially
+exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"

@@ -84,11 +84,11 @@ def test_a_requeued_job_and_one_at_its_time_limit_resume_exactly(tmp_path):
     checkpoint, and ends with the metrics.csv of an uninterrupted run."""
     long = ["experiment=fig7", "dataset.M=3000", "trainer.epochs=1500", "trainer.checkpoint_every=1",
             "optimizer=sav", "seed=0"]
-    slow = ["experiment=fig2", "trainer.epochs=300", "trainer.checkpoint_every=1",
+    slow = ["experiment=fig2", "trainer.epochs=150", "trainer.checkpoint_every=1",
             "optimizer=sgd", "seed=0"]
     requeued = _start(*LAUNCHER, *long, f"hydra.sweep.dir={tmp_path}/requeued", cwd=tmp_path)
-    # each segment trains about 20 s before its time limit: a quiet machine needs 2-3, a
-    # loaded one several more, so the job may be requeued up to 20 times (not the default 3)
+    # each segment trains about 20 s before its time limit: a quiet machine needs 2, a loaded
+    # one several more, so the job may be requeued up to 20 times (not the default 3)
     timed = _start(*LAUNCHER, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
                    "hydra.launcher.max_num_timeout=20", *slow, f"hydra.sweep.dir={tmp_path}/timed", cwd=tmp_path)
     run_dir = tmp_path / "requeued" / "0"
