@@ -7,6 +7,6 @@ bash scripts/setup.sh
 .venv/bin/python -m pip install -q -e ".[dev,hparams]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import pytest, xdist, lightning, accelerate, torch; assert torch.__version__.startswith('2.13.0')"
 export WANDB_SILENT=true WANDB_MODE=offline
-# two workers (pytest-xdist), a test file each at a time: the Slurm tests (collected first)
-# wait on the scheduler in one while the other runs the rest; PYTEST_WORKERS=0 runs serially
-exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"
+# three workers (pytest-xdist), a test file each at a time: the Slurm tests (collected first)
+# wait on the scheduler in one while the other two keep both cores busy; PYTEST_WORKERS=0: serially
+exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-3}" --dist loadfile --durations=15 "$@"

@@ -19,6 +19,6 @@ def run_inprocess(tmp_path):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The Slurm tests first: they mostly wait on the scheduler, so under ``-n 2 --dist
-    loadfile`` (scripts/test.sh) one worker waits on them while the other runs the rest."""
+    """The Slurm tests first: they mostly wait on the scheduler, so under ``-n 3 --dist
+    loadfile`` (scripts/test.sh) one worker waits on them while the others run the rest."""
     items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_slurm.py") else 1)

@@ -65,7 +65,7 @@ def _fake_mnist(root, n_train=20, n_test=10, gz=False):
 def test_mnist_idx_files(tmp_path, gz):
     _fake_mnist(tmp_path, gz=gz)
     d = build_dataset(dataset_config("mnist", root=str(tmp_path)), 0)
-    assert d.x_train.shape == (20, 784) and d.x_test.shape == (10, 784)
+    assert d.x_train.shape == (18, 784) and d.x_val.shape == (2, 784) and d.x_test.shape == (10, 784)
     assert d.y_train.dtype == torch.int64 and 0 <= d.x_train.min() and d.x_train.max() <= 1
     assert d.task == "classification" and d.out_dim == 10
 
@@ -85,9 +85,10 @@ def test_mnist_missing_and_corrupt_files(tmp_path):
 
 def test_mnist_default_is_the_shipped_real_subset():
     d = build_dataset(dataset_config("mnist", root=None), 0)
-    assert d.x_train.shape == (4000, 784) and d.x_test.shape == (1000, 784)
-    # all ten digits, roughly balanced in both splits (the subset is sorted by label on disk)
-    assert torch.bincount(d.y_train, minlength=10).min() > 300
+    assert d.x_train.shape == (3600, 784) and d.x_val.shape == (400, 784) and d.x_test.shape == (1000, 784)
+    # all ten digits, roughly balanced in every split (the subset is sorted by label on disk)
+    assert torch.bincount(d.y_train, minlength=10).min() > 270
+    assert torch.bincount(d.y_val, minlength=10).min() > 20
     assert torch.bincount(d.y_test, minlength=10).min() > 60
 
 
@@ -97,6 +98,52 @@ def test_mnist_subsample_beyond_the_subset_warns(caplog):
     cfg = dataset_config("mnist", root=None, subsample_train=8000, subsample_test=500)
     with caplog.at_level("WARNING", logger="gradflow_exp"):
         d = build_dataset(cfg, 0)
-    assert d.x_train.shape[0] == 4000 and d.x_test.shape[0] == 500
-    assert "subsample_train=8000 but there are only 4000 training images" in caplog.text
+    assert d.x_train.shape[0] == 3600 and d.x_test.shape[0] == 500
+    assert "subsample_train=8000 but there are only 3600 training images" in caplog.text
     assert "subsample_test" not in caplog.text
+
+
+# ------------------------------------------------------------------ the validation split
+@pytest.mark.parametrize("name", ["sincos", "quadratic", "gaussian"])
+def test_synthetic_validation_is_a_further_draw_of_the_same_problem(name):
+    """Same target function (the seed's coefficients), new inputs from its own generator,
+    standardised with the training statistics; train and test exactly as without it."""
+    from gradflow_exp.data.synthetic import generate, problem
+
+    d = build_dataset(cfg(name=name, M=1000), 4)
+    assert d.x_val.shape == (200, 5) and d.y_val.shape == (200, 1)      # as many as the test set
+    x, _, (x_val, y_val) = generate(name, D=5, M=1000, seed=4, n_val=200)
+    _, target = problem(name, 5, torch.Generator().manual_seed(4))
+    assert torch.equal(target(x_val), y_val)                             # the same coefficients
+    assert not any(torch.isclose(x_val[:, None, :], x[None, :, :]).all(-1).any(1))   # new points
+    no_val = build_dataset(cfg(name=name, M=1000, val_size=0), 4)
+    assert torch.equal(no_val.x_train, d.x_train) and torch.equal(no_val.y_test, d.y_test)
+    assert no_val.x_val.shape[0] == 0 and set(no_val.splits()) == {"train", "test"}
+    raw_train = x[torch.randperm(1000, generator=torch.Generator().manual_seed(5))[:800]]
+    mean, std = raw_train.mean(0), raw_train.std(0)
+    torch.testing.assert_close(d.x_val, (x_val - mean) / std, rtol=1e-12, atol=1e-12)
+    assert list(d.splits()) == ["train", "val", "test"]
+    assert build_dataset(cfg(name=name, M=1000, val_size=50), 4).x_val.shape[0] == 50
+    other = build_dataset(cfg(name=name, M=1000), 5)
+    assert not torch.equal(other.x_val, d.x_val)
+
+
+def test_mnist_validation_is_held_out_of_the_training_digits(tmp_path):
+    _fake_mnist(tmp_path, n_train=50)
+    full = build_dataset(dataset_config("mnist", root=str(tmp_path), val_fraction=0.0), 0)
+    d = build_dataset(dataset_config("mnist", root=str(tmp_path), val_fraction=0.2), 0)
+    assert full.x_train.shape[0] == 50 and full.x_val.shape[0] == 0
+    assert d.x_train.shape[0] == 40 and d.x_val.shape[0] == 10
+    rows = {tuple(r.tolist()) for r in full.x_train}
+    train, val = {tuple(r.tolist()) for r in d.x_train}, {tuple(r.tolist()) for r in d.x_val}
+    assert train | val == rows and not train & val
+    assert torch.equal(d.x_test, full.x_test)
+
+
+def test_burgers_validation_is_the_exact_solution_off_the_test_grid():
+    from gradflow_exp.data.burgers import exact
+
+    d = build_dataset(dataset_config("burgers", n_x=20, n_t=6, test_x=11, test_t=5, val_points=30), 0)
+    assert d.x_val.shape == (30, 4) and (d.x_val[:, 2] == 0).all() and (d.x_val[:, 3] == 1).all()
+    np.testing.assert_allclose(d.y_val[:, 0].numpy(), exact(d.x_val[:, 0].numpy(), d.x_val[:, 1].numpy()))
+    assert ((d.x_val[:, 0].abs() <= 1) & (d.x_val[:, 1] >= 0) & (d.x_val[:, 1] <= 1)).all()

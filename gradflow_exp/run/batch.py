@@ -128,8 +128,9 @@ class Batch:
         first = built[0]
         trainee = self._trainee(built)
         data, model = first["data"], first["model"]
-        log.info("%s: data %d train / %d test, model %d parameters, optimizer %s", self._where(),
-                 data.x_train.shape[0], data.x_test.shape[0], sum(p.numel() for p in model.parameters()),
+        log.info("%s: data %d train / %d validation / %d test, model %d parameters, optimizer %s", self._where(),
+                 data.x_train.shape[0], 0 if data.x_val is None else data.x_val.shape[0], data.x_test.shape[0],
+                 sum(p.numel() for p in model.parameters()),
                  type(trainee.optimizer).__name__)
         self.ends = []            # the members' summaries, written once all their final checkpoints are
         runs = [self._run(k, m, built[k]) for k, m in enumerate(self.members)]
@@ -155,11 +156,12 @@ class Batch:
         first = built[0]
         if len(built) == 1:
             return OneModel(first["model"], first["optimizer"], first["loss_fn"], first["data"])
-        shapes = [(n, p.shape) for n, p in first["model"].named_parameters()]
+        def shapes(b):
+            return ([(n, p.shape) for n, p in b["model"].named_parameters()],
+                    {split: (x.shape, y.shape) for split, (x, y) in b["data"].splits().items()})
+
         for b in built[1:]:
-            if shapes != [(n, p.shape) for n, p in b["model"].named_parameters()] or any(
-                    getattr(b["data"], k).shape != getattr(first["data"], k).shape
-                    for k in ("x_train", "y_train", "x_test", "y_test")):
+            if shapes(b) != shapes(first):
                 raise ValueError("replicas: the replicas' parameters or data sets differ in shape; "
                                  "replicas must share model and data sizes")
         trainee = Stacked([b["model"] for b in built], [b["data"] for b in built], first["loss_fn"])
@@ -232,9 +234,9 @@ class Batch:
 
 def _log_end(m: Member, summary: dict) -> None:
     final = summary["final"]
-    log.info("%s: %s after %d epochs: train rel error %.3e, test rel error %.3e%s", m.name, summary["status"],
-             summary["epochs_completed"], final.get("train_rel_error", math.nan),
-             final.get("test_rel_error", math.nan),
+    log.info("%s: %s after %d epochs: train rel error %.3e, validation %.3e, test %.3e%s", m.name,
+             summary["status"], summary["epochs_completed"], final.get("train_rel_error", math.nan),
+             final.get("val_rel_error", math.nan), final.get("test_rel_error", math.nan),
              f", test accuracy {final['test_accuracy']:.4f}" if "test_accuracy" in final else "")
     for flag in summary["flags"]:
         log.warning("%s: %s", m.name, flag)

@@ -16,6 +16,7 @@ from gradflow_exp.run import replicas
 from gradflow_exp.config import schema
 from gradflow_exp.run.batch import Member, train_together
 from gradflow_exp.config.schema import ConfigError
+from gradflow_exp.training.metrics import SELECT_ON
 
 __all__ = ["ConfigError", "objective", "run"]
 
@@ -40,10 +41,11 @@ def run(cfg: DictConfig, run_dir: Path, record: dict | None = None) -> dict:
 
 
 def objective(summary: dict, which: str = "final") -> float:
-    """What a job returns to a sweeper (Optuna minimises it): the final or best test relative
-    error; inf for a run that did not complete (diverged, failed, interrupted), so a search
-    ranks it last instead of stopping (Optuna records NaN as a failed trial)."""
+    """What a job returns to a sweeper (Optuna minimises it): the final or best relative error
+    on the validation split (never the test set's: a search that selects on test reports a
+    biased test error); inf for a run that did not complete (diverged, failed, interrupted),
+    so a search ranks it last instead of stopping (Optuna records NaN as a failed trial)."""
     if summary.get("status") != "completed":
         return float("inf")
-    value = summary.get(which, {}).get("test_rel_error")
+    value = summary.get(which, {}).get(SELECT_ON)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else float("inf")

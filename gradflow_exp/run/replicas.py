@@ -39,6 +39,7 @@ from omegaconf import DictConfig, open_dict, read_write
 from gradflow_exp.run.batch import Member, train_together
 from gradflow_exp.run.rundir import Lock, write_record
 from gradflow_exp.config.schema import ConfigError
+from gradflow_exp.training.metrics import SELECT_ON
 
 HPARAMS = ("lr", "C", "lam")          # optimizer keys that may vary across replicas
 
@@ -105,18 +106,18 @@ def run(cfg: DictConfig, resolved: dict, run_dir: Path, record: dict) -> dict:
 def aggregate(replicas: list[Member]) -> dict:
     """The job's summary for the entry point and sweepers: status ``completed`` only when
     every replica completed (else interrupted / failed / diverged, in that order of
-    precedence), final and best test_rel_error the mean over replicas."""
+    precedence), final and best validation and test relative errors the means over replicas."""
     summaries = {r.name: r.summary or {"status": "failed"} for r in replicas}
     statuses = [s.get("status") for s in summaries.values()]
     status = next((s for s in ("interrupted", "failed", "diverged") if s in statuses), "completed")
 
-    def mean(which):
-        vals = [s.get(which, {}).get("test_rel_error") for s in summaries.values()]
+    def mean(which, metric):
+        vals = [s.get(which, {}).get(metric) for s in summaries.values()]
         vals = [v for v in vals if isinstance(v, (int, float))]
         return statistics.fmean(vals) if vals else math.nan
 
-    return {"status": status, "final": {"test_rel_error": mean("final")},
-            "best": {"test_rel_error": mean("best")}, "replicas": summaries}
+    return {"status": status, **{which: {m: mean(which, m) for m in (SELECT_ON, "test_rel_error")}
+                                 for which in ("final", "best")}, "replicas": summaries}
 
 
 def _replica_overrides(parent: list[str], rep: Member) -> list[str]:

@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradflow_exp.config.schema import ConfigError, defaults
+from gradflow_exp.config.schema import ConfigError, dataset_default, defaults
 
 log = logging.getLogger("gradflow_exp")
 
@@ -218,13 +218,19 @@ def changes(saved: dict, new: dict, skip=MAY_DIFFER) -> list[tuple[str, object, 
 
 
 def default_of(key: str, config: dict, legacy: bool = True):
-    """A key's value when a config lacks it: the schema's default, or, for an optimizer
+    """A key's value when a config lacks it: the schema's default (a dataset key: its
+    problem's, or what runs before the key computed with), or, for an optimizer
     hyperparameter, what that optimizer ran with before the key existed (its
     ``legacy_defaults``; a recorded config, ``legacy``) or else its constructor's default
     (else missing)."""
     table = defaults()
     if key in table:
         return table[key]
+    if key.startswith("dataset.") and key.count(".") == 1:
+        try:
+            return dataset_default(key.split(".")[1], (config.get("dataset") or {}).get("name"), legacy)
+        except KeyError:
+            return _MISSING
     target = (config.get("optimizer") or {}).get("_target_")
     if key.startswith("optimizer.") and key.count(".") == 1 and target:
         name = key.split(".")[1]

@@ -326,8 +326,8 @@ class _Loop:
         for k in which:
             model, data = t.model(k), t.datas[k]
             row = {"epoch": epoch, "step": self.steps, "train_loss": train_loss[k]}
-            row.update({f"train_{key}": v for key, v in evaluate(model, data.x_train, data.y_train, cfg.eval_chunk).items()})
-            row.update({f"test_{key}": v for key, v in evaluate(model, data.x_test, data.y_test, cfg.eval_chunk).items()})
+            for split, (x, y) in data.splits().items():
+                row.update({f"{split}_{key}": v for key, v in evaluate(model, x, y, cfg.eval_chunk).items()})
             group = t.group(k)
             row["lr"] = t.value(group["lr"], k)
             row["wall_time"] = self.wall()

@@ -1,7 +1,7 @@
 """The reported metrics, in one table: how each is computed and which way is better.
 
 Whatever loss trains a run, every run reports the same metrics of its model on each split
-(``train_<metric>``, ``test_<metric>`` in metrics.csv, summary.json and W&B), plus
+(``train_<metric>``, ``val_<metric>``, ``test_<metric>`` in metrics.csv, summary.json and W&B), plus
 ``train_loss``, the training loss itself. The loop computes them on whole sets in chunks
 of rows (`metric_sums` are additive over chunks), the summary keeps each one's best value
 by `Metric.better`, W&B summarises it the same way, and the report tabulates those marked
@@ -15,8 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SPLITS = ("train", "test")
+# Train, validation (what a sweep, a search or a best-setting table selects on), test (only
+# reported: README, "Validation").
+SPLITS = ("train", "val", "test")
 TRAIN_LOSS = "train_loss"
+SELECT_ON = "val_rel_error"     # the sweepers' objective: a run's validation relative error
 
 
 @dataclass(frozen=True)
