@@ -123,6 +123,12 @@ def test_an_optuna_search_is_continued_by_the_same_command(tmp_path, monkeypatch
     hydra_inprocess(*args, "hydra.sweeper.n_trials=4", monkeypatch=monkeypatch)   # complete: nothing runs
     assert {p: p.stat().st_mtime_ns for p in search.glob("*/summary.json")} == mtimes
     assert len(optuna.load_study(study_name="fig7", storage=f"sqlite:///{search}/optuna.db").trials) == 5
+    # the report draws the stored study beside the sweep's own figures
+    from gradflow_exp.report.cli import main as report_main
+
+    assert report_main([str(search)]) == 0
+    drawn = {p.name for p in (search / "report").glob("optuna_*.png")}
+    assert drawn == {f"optuna_fig7_{k}.png" for k in ("history", "slice", "contour", "importances")}
 
 
 def test_objective_counts_unfinished_runs_as_worst():

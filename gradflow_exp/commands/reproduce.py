@@ -4,8 +4,10 @@ Runs an experiment's whole method set over seeds (one Hydra multirun of
 ``experiment=FIG``, whose ``hydra.sweeper.params`` name the paper's methods) and the
 reference curves its ``references`` name (one more multirun each, into
 ``<out>/reference_<i>``), then draws its figure and tables with gradflow-report.
-``--epochs`` shortens it for a quick look; extra ``key=value`` arguments go to every job
-(e.g. ``logger=none threads=1``), references included, where the reference's own keys win.
+``--epochs`` shortens it for a quick look, logged often enough to draw (at least 50
+rows a curve, MIN_POINTS); extra ``key=value`` arguments go to every job (e.g. ``logger=none
+threads=1``), references included, where the reference's own keys win. It ends with ours
+against the paper at the checkpoints where gradflow_exp/report/paper.yaml has the figure.
 """
 from __future__ import annotations
 
@@ -15,7 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from gradflow_exp.commands.cli import CONF_DIR
+
+# A shortened run logs at least this many rows a curve: the configs log every 10 epochs
+# (fig10, burgers: 50), which gives 6 points for --epochs 50.
+MIN_POINTS = 50
 
 
 def parse_args(argv=None):
@@ -45,8 +53,11 @@ def main(argv=None) -> int:
         print("gradflow-reproduce: error: --epochs must be positive", file=sys.stderr)
         return 2
     out = args.out or Path("outputs") / args.experiment / "reproduce" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    cfg = compose_experiment(args.experiment, args.overrides)
+    refs = [str(r) for r in (cfg.get("references") or [])] if cfg is not None else []
     sweeps = [([], out)] + [([*ref.split(), "logger.job_type=reference"], out / f"reference_{i}")
-                            for i, ref in enumerate(references(args.experiment, args.overrides))]
+                            for i, ref in enumerate(refs)]
+    every = log_every(args.epochs, cfg, args.overrides, out)
     rc = 0
     for extra, sweep_dir in sweeps:
         # Command-line overrides win over the experiment's hydra.sweeper.params, so a
@@ -57,6 +68,8 @@ def main(argv=None) -> int:
                "seed=" + ",".join(map(str, seeds)), f"hydra.sweep.dir={sweep_dir}", *args.overrides, *extra]
         if args.epochs is not None:
             cmd.append(f"trainer.epochs={args.epochs}")
+        if every is not None:
+            cmd.append(f"trainer.log_every={every}")
         print("running:", " ".join(cmd[1:]), flush=True)
         code = subprocess.call(cmd)
         if code != 0:
@@ -66,22 +79,98 @@ def main(argv=None) -> int:
         return rc or 1
     from gradflow_exp.report.cli import main as report_main
 
-    return report_main([str(out)]) or rc
+    code = report_main([str(out)])
+    print_against_paper(out, args.experiment)
+    return code or rc
 
 
-def references(experiment: str, overrides: list[str]) -> list[str]:
-    """The experiment's ``references`` (lines of overrides), read by composing its config;
-    sweep syntax among the user's overrides cannot compose, so then the experiment alone."""
+def compose_experiment(experiment: str, overrides: list[str]):
+    """The experiment's composed config (with the user's overrides where they compose: sweep
+    syntax among them cannot, so then the experiment alone); None if neither composes."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     for extra in (overrides, []):
         try:
+            GlobalHydra.instance().clear()
             with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-                cfg = compose("train", overrides=[f"experiment={experiment}", *extra])
-            return [str(r) for r in cfg.get("references") or []]
+                return compose("train", overrides=[f"experiment={experiment}", *extra])
         except Exception:  # noqa: BLE001 - the sweep itself reports bad overrides
             continue
-    return []
+    return None
+
+
+def references(experiment: str, overrides: list[str]) -> list[str]:
+    """The experiment's ``references`` (lines of overrides), read by composing its config."""
+    cfg = compose_experiment(experiment, overrides)
+    return [str(r) for r in (cfg.get("references") or [])] if cfg is not None else []
+
+
+def log_every(epochs: int | None, cfg, overrides: list[str], out: Path) -> int | None:
+    """trainer.log_every for a shortened run (``--epochs``), or None to keep the config's.
+
+    The largest divisor of the config's cadence that logs at least MIN_POINTS rows, so that
+    the config's rows (and the paper's checkpoints, multiples of 100) stay among the logged
+    ones; logging more often changes no logged number (tests/test_report_figures_by_name.py).
+    At full length, with the user's own trainer.log_every, or when ``out`` already holds
+    runs (trained on by a longer --epochs: a run directory refuses another cadence), the
+    config's or the recorded one is kept."""
+    if epochs is None or any(o.split("=", 1)[0].lstrip("+") == "trainer.log_every" for o in overrides):
+        return None
+    recorded = recorded_log_every(out)
+    if recorded is not None:
+        return recorded
+    base = int(cfg.trainer.log_every) if cfg is not None else 1
+    if epochs // base >= MIN_POINTS:
+        return None
+    return max([d for d in range(1, base + 1) if base % d == 0 and epochs // d >= MIN_POINTS], default=1)
+
+
+def recorded_log_every(out: Path) -> int | None:
+    """The cadence the runs already in a sweep directory were started with (their recorded
+    config), None when it holds none."""
+    if not out.is_dir():
+        return None
+    for config in sorted(out.glob("*/.hydra/config.yaml")):
+        try:
+            every = ((yaml.safe_load(config.read_text()) or {}).get("trainer") or {}).get("log_every")
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(every, int):
+            return every
+    return None
+
+
+def print_against_paper(out: Path, experiment: str) -> None:
+    """The last word: ours against the paper at its checkpoints (report/paper.yaml), one row
+    per checkpoint, or why there is no such table."""
+    from gradflow_exp.report import paper
+    from gradflow_exp.report.load import ReportError, load_runs
+
+    print()
+    if experiment not in paper.points():
+        print(f"Against the paper: report/paper.yaml has no checkpoint values for {experiment} "
+              f"(it has {', '.join(paper.points())}).")
+        return
+    try:
+        df = load_runs([out])
+    except ReportError as e:
+        print(f"Against the paper: no runs to compare ({e}).")
+        return
+    t = paper.table(df[df["experiment"] == experiment])
+    if t.empty:
+        print(f"Against the paper: none of these methods has a curve of the paper's in report/paper.yaml "
+              f"({experiment}: {', '.join(c.get('label', '') for c in paper.points()[experiment])}).")
+        return
+    n = int(df.groupby("method")["run_dir"].nunique().max())
+    print(f"Ours against the paper's {experiment} at its checkpoints (ours: median over {n} seed"
+          f"{'s' if n != 1 else ''}; the paper's values are read off its log plots, ±2×; "
+          f"✓ within 2×):")
+    print()
+    print(paper.compact(t, df))
+    if t["ours"].isna().all():
+        first = int(t["epoch"].min())
+        print(f"\nNo checkpoint reached: the paper's first is epoch {first} (--epochs {first} or more).")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
+
+# scipy.stats is imported where a Wilcoxon test needs it: it is a second to import, most
+# of a small report's time; the t quantiles and the paired t come from scipy.special.
 
 from gradflow_exp.training.metrics import columns, higher_is_better
 
@@ -34,7 +37,7 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, int]:
         return math.nan, math.nan, 0
     if n == 1:
         return float(v[0]), math.nan, 1
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    half = special.stdtrit(n - 1, 0.5 + confidence / 2) * v.std(ddof=1) / math.sqrt(n)
     return float(v.mean()), float(half), n
 
 
@@ -58,42 +61,60 @@ def time_to_target(curve: pd.DataFrame, metric: str, target: float) -> tuple[flo
 
 
 def per_run(df: pd.DataFrame, metric: str = "test_rel_error", target: float = 1e-3) -> pd.DataFrame:
-    """One row per run: identity, status, final and best of every reported metric, time to
-    target and wall time per epoch. ``final`` is the last logged value (NaN for a run that
-    diverged: its last row is the non-finite one); ``best`` is over finite values only."""
+    """One row per run: identity, swept keys, status, final and best of every reported metric,
+    time to target and wall time per epoch. ``final`` is the last logged value (NaN for a run
+    that diverged: its last row is the non-finite one); ``best`` is over finite values only.
+    Column-wise over all runs at once (a loop over 500 runs' frames takes seconds)."""
     metrics = list(dict.fromkeys(summary_metrics(df) + [metric]))
-    rows = []
-    for run_dir, g in df.groupby("run_dir", sort=False):
-        first = g.iloc[0]
-        curve = g[g["epoch"].notna()]
-        row = {k: first[k] for k in ("run_dir", "experiment", "method", "seed", "status", "error", "flags")}
-        for m in metrics:
-            vals = curve[m].astype(float) if m in curve.columns else pd.Series(dtype=float)
-            fin = _finite(vals)
-            row[f"final_{m}"] = float(vals.iloc[-1]) if len(vals) else math.nan
-            row[f"best_{m}"] = (fin.max() if higher_is_better(m) else fin.min()) if len(fin) else math.nan
-        row["epochs"] = float(curve["epoch"].max()) if len(curve) else math.nan
-        row["target_epoch"], row["target_time"] = time_to_target(curve, metric, target)
-        row["wall_per_epoch"] = _wall_per_epoch(first, curve)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    swept = [k for k in df.attrs.get("swept", []) if k in df.columns]
+    ident = ["run_dir", "experiment", "method", *swept, "seed", "status", "error", "flags"]
+    first = df.drop_duplicates("run_dir").set_index("run_dir", drop=False)
+    out = first[ident].copy()
+    curve = df[df["epoch"].notna()]
+    by = curve.groupby("run_dir", sort=False)
+    last = by.tail(1).set_index("run_dir")
+    for m in metrics:
+        if m not in curve.columns:
+            out[f"final_{m}"], out[f"best_{m}"] = math.nan, math.nan
+            continue
+        vals = curve[m].astype(float)
+        fin = vals.where(np.isfinite(vals)).groupby(curve["run_dir"], sort=False)
+        out[f"final_{m}"] = last[m].astype(float)
+        out[f"best_{m}"] = fin.max() if higher_is_better(m) else fin.min()
+    out["epochs"] = by["epoch"].max().astype(float)
+    out["target_epoch"], out["target_time"] = math.nan, math.nan
+    if metric in curve.columns:
+        v = curve[metric].astype(float)
+        hit = (v >= target if higher_is_better(metric) else v <= target) & np.isfinite(v)
+        at = curve[hit].groupby("run_dir", sort=False).head(1).set_index("run_dir")
+        out["target_epoch"] = at["epoch"].astype(float)
+        out["target_time"] = at["wall_time"].astype(float) if "wall_time" in at.columns else math.nan
+    out["wall_per_epoch"] = _wall_per_epoch(first, last)
+    return out.reset_index(drop=True)
 
 
-def _wall_per_epoch(first, curve) -> float:
+def _wall_per_epoch(first: pd.DataFrame, last: pd.DataFrame) -> pd.Series:
     """Run wall time / epochs completed (summary.json), else from the last metrics row."""
-    wall, epochs = first.get("run_wall_time"), first.get("epochs_completed")
-    if pd.notna(wall) and pd.notna(epochs) and epochs > 0:
-        return float(wall) / float(epochs)
-    if len(curve) and "wall_time" in curve.columns and curve["epoch"].iloc[-1] > 0:
-        return float(curve["wall_time"].iloc[-1]) / float(curve["epoch"].iloc[-1])
-    return math.nan
+    wall = first["run_wall_time"].astype(float)
+    epochs = first["epochs_completed"].astype(float)
+    from_summary = (wall / epochs).where(wall.notna() & epochs.notna() & (epochs > 0))
+    if "wall_time" in last.columns:
+        e, w = last["epoch"].astype(float), last["wall_time"].astype(float)
+        from_curve = (w / e).where(e > 0).reindex(first.index)
+    else:
+        from_curve = pd.Series(math.nan, index=first.index)
+    return from_summary.fillna(from_curve)
 
 
 def status_counts(statuses) -> str:
     """'2 completed, 1 diverged' — in a fixed order so tables line up."""
+    return status_counts_from(pd.Series(list(statuses)).value_counts().to_dict())
+
+
+def status_counts_from(counts: dict) -> str:
+    """`status_counts` of {status: count} (zero counts left out)."""
     order = ["completed", "diverged", "failed", "incomplete"]
-    counts = pd.Series(list(statuses)).value_counts()
-    keys = [k for k in order if k in counts] + sorted(k for k in counts.index if k not in order)
+    keys = [k for k in order if counts.get(k)] + sorted(k for k in counts if k not in order and counts[k])
     return ", ".join(f"{counts[k]} {k}" for k in keys)
 
 
@@ -105,37 +126,47 @@ def method_table(runs: pd.DataFrame, metric: str = "test_rel_error", target: flo
     """Per (experiment, method): n seeds, status counts, mean/CI/median/n of final and best
     of each metric over seeds, how many seeds reached the target and the median epoch and
     time at which they did, mean wall time per epoch, the earliest and latest last epoch of
-    its runs. Numbers only (the Markdown adds text)."""
+    its runs. Numbers only (the Markdown adds text). Column-wise over all methods at once:
+    a sweep has hundreds of settings."""
     metrics = [c[len("final_"):] for c in runs.columns if c.startswith("final_")]
-    rows = []
-    for (exp, method), everything in runs.groupby(["experiment", "method"], sort=False):
-        # every run is counted by status; only ``counted`` ones (by default those that
-        # completed: a run still training has partial values) enter the numbers
-        g = everything[everything["status"].isin(counted)] if counted is not None else everything
-        row = {"experiment": exp, "method": method, "n": len(everything),
-               "seeds": int(everything["seed"].nunique()), "status": status_counts(everything["status"])}
-        ends = _finite(g["epochs"].astype(float))        # "final" is at each run's last epoch
-        row["epochs_min"] = float(ends.min()) if ends.size else math.nan
-        row["epochs_max"] = float(ends.max()) if ends.size else math.nan
-        for st in ("completed", "diverged", "failed"):
-            row[f"n_{st}"] = int((everything["status"] == st).sum())
-        for kind in ("final", "best"):
-            for m in metrics:
-                col = g[f"{kind}_{m}"].astype(float)
-                mean, half, n = mean_ci(col)
-                fin = _finite(col)
-                row[f"{kind}_{m}_mean"], row[f"{kind}_{m}_ci95"] = mean, half
-                row[f"{kind}_{m}_median"] = float(fin.median()) if n else math.nan
-                row[f"{kind}_{m}_n"] = n
-        reached = g["target_epoch"].notna()
-        row["target_metric"], row["target"] = metric, target
-        row["target_reached"] = int(reached.sum())
-        row["target_epoch_median"] = float(g.loc[reached, "target_epoch"].median()) if reached.any() else math.nan
-        row["target_time_median"] = float(g.loc[reached, "target_time"].median()) if reached.any() else math.nan
-        row["wall_per_epoch_mean"] = float(_finite(g["wall_per_epoch"].astype(float)).mean()) \
-            if _finite(g["wall_per_epoch"].astype(float)).size else math.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
+    keys = ["experiment", "method"]
+    everything = runs.groupby(keys, sort=False)
+    out = everything.size().rename("n").to_frame()
+    if out.empty:
+        return pd.DataFrame()
+    out["seeds"] = everything["seed"].nunique()
+    by_status = runs.groupby([*keys, "status"], sort=False).size().unstack(fill_value=0).reindex(out.index)
+    out["status"] = [status_counts_from(dict(row)) for _, row in by_status.iterrows()]
+    # every run is counted by status; only ``counted`` ones (by default those that
+    # completed: a run still training has partial values) enter the numbers
+    g = runs[runs["status"].isin(counted)] if counted is not None else runs
+    at = [g["experiment"], g["method"]]
+
+    def finite(col: str) -> pd.core.groupby.SeriesGroupBy:
+        v = g[col].astype(float)
+        return v.where(np.isfinite(v)).groupby(at, sort=False)
+
+    ends = finite("epochs")                       # "final" is at each run's last epoch
+    out["epochs_min"], out["epochs_max"] = ends.min(), ends.max()
+    for st in ("completed", "diverged", "failed"):
+        out[f"n_{st}"] = by_status[st].astype(int) if st in by_status.columns else 0
+    for kind in ("final", "best"):
+        for m in metrics:
+            v = finite(f"{kind}_{m}")
+            n = v.count().reindex(out.index).fillna(0).astype(int)
+            std = v.std(ddof=1).reindex(out.index)
+            t95 = special.stdtrit(np.maximum(n - 1, 1), 0.975)
+            out[f"{kind}_{m}_mean"] = v.mean()
+            out[f"{kind}_{m}_ci95"] = (t95 * std / np.sqrt(n)).where(n > 1)     # one seed: no spread
+            out[f"{kind}_{m}_median"] = v.median()
+            out[f"{kind}_{m}_n"] = n
+    reached = g[g["target_epoch"].notna()].groupby(["experiment", "method"], sort=False)
+    out["target_metric"], out["target"] = metric, target
+    out["target_reached"] = reached.size().reindex(out.index).fillna(0).astype(int)
+    out["target_epoch_median"] = reached["target_epoch"].median().astype(float)
+    out["target_time_median"] = reached["target_time"].median().astype(float)
+    out["wall_per_epoch_mean"] = finite("wall_per_epoch").mean()
+    return out.reset_index()
 
 
 def holm(pvalues) -> list[float]:
@@ -170,7 +201,10 @@ def paired_test(a, b, metric: str = "test_rel_error") -> dict:
         if np.all(a == b):
             out["statistic"], out["p_value"] = 0.0, 1.0
             return out
+        from scipy import stats
+
         res = stats.wilcoxon(a, b)
+        out["statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
     else:
         out["test"] = "paired t"
         d = a - b
@@ -178,8 +212,8 @@ def paired_test(a, b, metric: str = "test_rel_error") -> dict:
             # t = mean/0: undefined, and scipy only warns; say so instead of printing inf.
             out["test"] = "paired t (constant difference)"
             return out
-        res = stats.ttest_rel(a, b)
-    out["statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
+        t = float(d.mean() / (d.std(ddof=1) / math.sqrt(n)))           # scipy.stats.ttest_rel's
+        out["statistic"], out["p_value"] = t, float(2 * special.stdtr(n - 1, -abs(t)))
     return out
 
 
@@ -194,11 +228,11 @@ def significance(runs: pd.DataFrame, metric: str = "test_rel_error", counted=COU
     if counted is not None:
         runs = runs[runs["status"].isin(counted)]
     for exp, g in runs.groupby("experiment", sort=False):
-        methods = list(dict.fromkeys(g["method"]))
+        by_seed = {m: h.dropna(subset=["seed"]).drop_duplicates("seed").set_index("seed")[col]
+                   for m, h in g.groupby("method", sort=False)}
         rows = []
-        for ma, mb in itertools.combinations(methods, 2):
-            a = g[g["method"] == ma].dropna(subset=["seed"]).drop_duplicates("seed").set_index("seed")[col]
-            b = g[g["method"] == mb].dropna(subset=["seed"]).drop_duplicates("seed").set_index("seed")[col]
+        for ma, mb in itertools.combinations(by_seed, 2):
+            a, b = by_seed[ma], by_seed[mb]
             shared = a.index.intersection(b.index)
             both = shared[np.isfinite(a[shared].astype(float)) & np.isfinite(b[shared].astype(float))]
             res = paired_test(a[both].to_numpy(float), b[both].to_numpy(float), metric)
@@ -249,8 +283,8 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-_SHORT = {"train_rel_error": "train rel err", "test_rel_error": "test rel err",
-          "train_accuracy": "train acc", "test_accuracy": "test acc"}
+_SHORT = {"train_rel_error": "train rel err", "val_rel_error": "val rel err", "test_rel_error": "test rel err",
+          "train_accuracy": "train acc", "val_accuracy": "val acc", "test_accuracy": "test acc"}
 
 
 def _span(lo: float, hi: float) -> str:
@@ -266,7 +300,9 @@ def method_markdown(table: pd.DataFrame) -> str:
     if table.empty:
         return ""
     metric, target = table["target_metric"].iloc[0], table["target"].iloc[0]
-    metrics = [m for m in ERROR_METRICS + ACCURACY_METRICS if f"final_{m}_mean" in table.columns]
+    # a metric no run logged (val_* in runs made before the split) is no column
+    metrics = [m for m in ERROR_METRICS + ACCURACY_METRICS
+               if f"final_{m}_mean" in table.columns and (table[f"final_{m}_n"] > 0).any()]
     cmp = "≥" if higher_is_better(metric) else "≤"
     out = pd.DataFrame({"experiment": table["experiment"], "method": table["method"],
                         "n": table["n"], "status": table["status"],
@@ -284,10 +320,21 @@ def method_markdown(table: pd.DataFrame) -> str:
             continue
         part = "" if r["target_reached"] == r["n"] else f" ({r['target_reached']}/{r['n']})"
         reach.append((f"{r['target_epoch_median']:g}{part}", f"{r['target_time_median']:.3g}{part}"))
-    out[f"epochs to {_SHORT.get(metric, metric)} {cmp} {target:g} (median)"] = [a for a, _ in reach]
-    out["time to target (s, median)"] = [b for _, b in reach]
+    reached = bool((table["target_reached"] > 0).any())
+    if reached:      # a column of "not reached" on every row says one thing: said once below
+        out[f"epochs to {_SHORT.get(metric, metric)} {cmp} {target:g} (median)"] = [a for a, _ in reach]
+        out["time to target (s, median)"] = [b for _, b in reach]
     out["s / epoch"] = [f"{v:.3g}" if math.isfinite(v) else "" for v in table["wall_per_epoch_mean"]]
     return to_markdown(out)
+
+
+def target_note(table: pd.DataFrame) -> str:
+    """The line that stands for the time-to-target columns `method_markdown` leaves out when
+    no run reached the target; "" when some did."""
+    if table.empty or (table["target_reached"] > 0).any():
+        return ""
+    metric, target = table["target_metric"].iloc[0], table["target"].iloc[0]
+    return f"No run reached {metric} {'≥' if higher_is_better(metric) else '≤'} {target:g} (--target)."
 
 
 def significance_markdown(sig: pd.DataFrame) -> str:

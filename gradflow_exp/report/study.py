@@ -40,7 +40,7 @@ def draw(db: Path, write) -> list[str]:
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)    # its "differs from the Plotly plot" notes
     storage = f"sqlite:///{Path(db).resolve()}"
     names = []
     with warnings.catch_warnings():

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -102,6 +103,92 @@ class WandbRun:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# Command-line values that sweep (Hydra's override grammar): a top-level comma, or a sweep
+# or search function (the basic sweeper's range/choice/glob, Optuna's interval and tag).
+_SWEEP_FUNCTIONS = re.compile(r"^\s*(range|choice|glob|interval|tag)\(")
+
+
+def is_sweep(value) -> bool:
+    """``1,10,100`` or ``tag(log, interval(1e-3, 1))``: several values; ``[1,2]`` is one (a list)."""
+    text = str(value)
+    if _SWEEP_FUNCTIONS.match(text):
+        return True
+    depth, quote = 0, None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
+def _sweep_spec(run_dir: Path) -> dict | None:
+    """What the sweep this job belongs to asked for, key → value as typed (its command line
+    over its experiment's hydra.sweeper.params), from the multirun.yaml Hydra writes in the
+    sweep directory (the job's parent; a replica's grandparent); None outside a sweep."""
+    import yaml
+
+    for d in (Path(run_dir).parent, Path(run_dir).parent.parent):
+        try:
+            record = yaml.safe_load((d / "multirun.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        hydra = record.get("hydra") or {}
+        spec = {str(k): v for k, v in ((hydra.get("sweeper") or {}).get("params") or {}).items()}
+        for item in (hydra.get("overrides") or {}).get("task") or []:
+            if isinstance(item, str) and "=" in item:
+                key, value = item.split("=", 1)
+                spec[key.lstrip("+~")] = value
+        for key, value in list(spec.items()):
+            # replicas.lr=[0.1,0.2] varies optimizer.lr inside each job (a replica batch)
+            if key.startswith("replicas.") and key != "replicas.seeds":
+                try:
+                    values = yaml.safe_load(str(value))
+                except yaml.YAMLError:
+                    continue
+                if isinstance(values, list) and len(values) > 1:
+                    spec[f"optimizer.{key.split('.', 1)[1]}"] = ",".join(map(str, values))
+        return spec
+    return None
+
+
+def swept_config(resolved: dict, overrides: list[str], run_dir: Path | None = None) -> dict:
+    """Top-level config entries for grouping a sweep's runs in W&B (group by, parallel
+    coordinates): every key the job set on the command line under its dotted name with its
+    resolved value (``"optimizer.C": 10``, as W&B's own sweeps name nested keys; the nested
+    config stays as it is), and ``swept``: those of them the sweep varied (several values or
+    a search space in its multirun.yaml; outside a sweep, every key set), ``method`` where
+    the optimizer choice was swept. Seeds (the replicates), keys that do not change a result
+    (rundir.MAY_DIFFER) and other config-group choices (their keys differ instead) are left out."""
+    from gradflow_exp.run.rundir import MAY_DIFFER, covered, flatten
+
+    flat = flatten(resolved)
+    spec = _sweep_spec(run_dir) if run_dir is not None else None
+    out, swept = {}, []
+    for item in overrides:
+        if "=" not in item or item.startswith("~"):
+            continue
+        key = item.split("=", 1)[0].lstrip("+")
+        if covered(key, (*MAY_DIFFER, "hydra", "resume", "seed", "dataset.seed", "replicas")):
+            continue
+        varied = spec is None or is_sweep(spec.get(key, ""))
+        if key in flat:
+            out[key] = flat[key]
+        elif key == "optimizer":              # the choice is the config's ``method``
+            key = "method"
+        else:
+            continue                          # another group's choice, or a key the config lacks
+        if varied and key not in swept:
+            swept.append(key)
+    return {**out, "swept": swept}
+
+
 def method_of(hydra_node, resolved: dict) -> tuple[str, str]:
     """(method, experiment): the optimizer and experiment choices as typed (``optimizer=spm_sgd``),
     from Hydra's record; outside Hydra, the optimizer class (``spm_`` with an SPM node)."""
@@ -147,7 +234,8 @@ class WandbSink:
                       group=cfg.get("group"), name=info.name, id=info.id, resume="allow",
                       tags=[*(cfg.get("tags") or []), info.method, info.experiment],
                       config={**info.resolved, "method": info.method, "experiment": info.experiment,
-                              "overrides": list(info.overrides), "n_params": info.n_params},
+                              "overrides": list(info.overrides), "n_params": info.n_params,
+                              **swept_config(info.resolved, info.overrides, run_dir)},
                       dir=str(run_dir), job_type=info.job_type or cfg.get("job_type", "train"),
                       reinit="create_new", settings=settings)
         mode = cfg.get("mode", "offline")
