@@ -147,3 +147,45 @@ def test_burgers_validation_is_the_exact_solution_off_the_test_grid():
     assert d.x_val.shape == (30, 4) and (d.x_val[:, 2] == 0).all() and (d.x_val[:, 3] == 1).all()
     np.testing.assert_allclose(d.y_val[:, 0].numpy(), exact(d.x_val[:, 0].numpy(), d.x_val[:, 1].numpy()))
     assert ((d.x_val[:, 0].abs() <= 1) & (d.x_val[:, 1] >= 0) & (d.x_val[:, 1] <= 1)).all()
+
+
+def test_a_resumed_run_from_before_the_validation_split_writes_its_val_columns(tmp_path):
+    """Its replayed rows lack val_*; the first new row widens metrics.csv's header (the old
+    rows empty there) instead of dropping the validation error."""
+    import pandas as pd
+
+    from gradflow_exp.run.sinks import CSVSink
+
+    sink = CSVSink(tmp_path / "metrics.csv")
+    old = {"epoch": 0, "step": 0, "train_loss": 1.0, "train_rel_error": 1.0, "test_rel_error": 1.1, "lr": 0.1}
+    sink.log(old)
+    sink.log({**old, "epoch": 1, "train_loss": 0.5})
+    sink.log({"epoch": 2, "step": 2, "train_loss": 0.25, "train_rel_error": 0.2, "val_rel_error": 0.21,
+              "test_rel_error": 0.22, "lr": 0.1})
+    sink.log({"epoch": 3, "step": 3, "train_loss": 0.2, "train_rel_error": 0.1, "val_rel_error": 0.11,
+              "test_rel_error": 0.12, "lr": 0.1})
+    sink.close()
+    df = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(df.columns) == ["epoch", "step", "train_loss", "train_rel_error", "val_rel_error",
+                                "test_rel_error", "lr"]
+    assert df["val_rel_error"].isna().tolist() == [True, True, False, False]
+    assert df["val_rel_error"].tolist()[2:] == [0.21, 0.11] and df["train_loss"].tolist() == [1.0, 0.5, 0.25, 0.2]
+
+
+def test_a_run_from_before_the_validation_split_resumes_unless_its_training_set_changed():
+    """The record lacks the new dataset keys: a synthetic or Burgers run compares equal (its
+    train and test sets are unchanged); an MNIST run does not (10 % of its digits are now
+    held out), and the refusal says how to continue it."""
+    from gradflow_exp.run.rundir import changes, describe_changes
+
+    for name, key, new in (("sincos", "val_size", None), ("burgers", "val_points", 2000),
+                           ("mnist", "val_fraction", 0.1)):
+        old = {"dataset": {"name": name, "seed": 0}, "seed": 0}
+        cur = {"dataset": {"name": name, "seed": 0, key: new}, "seed": 0}
+        diff = changes(old, cur)
+        if name == "mnist":
+            assert diff == [("dataset.val_fraction", 0.0, 0.1)]
+            assert "dataset.val_fraction=0 continues it" in describe_changes(diff)
+            assert changes(old, {**cur, "dataset": {**cur["dataset"], key: 0.0}}) == []
+        else:
+            assert diff == []

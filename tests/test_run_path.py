@@ -161,8 +161,12 @@ def test_a_sweep_whose_every_job_is_refused_exits_nonzero(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_second_sweep_on_a_sweep_directory_in_use_is_refused_at_once(tmp_path):
-    sweep = ["-m", "experiment=fig7", "dataset.M=2000", "trainer.epochs=300", "optimizer=sgd", "seed=0,1",
+@pytest.mark.parametrize("kind", ["multirun", "optuna search"])
+def test_a_second_sweep_on_a_sweep_directory_in_use_is_refused_at_once(tmp_path, kind):
+    """Also an Optuna search (hparams_search sets MULTIRUN in its file, no -m typed): a second
+    one would otherwise take the first's running trial for a killed one's."""
+    what = ["-m", "experiment=fig7", "optimizer=sgd", "seed=0,1"] if kind == "multirun" else ["hparams_search=fig7"]
+    sweep = [*what, "dataset.M=2000", "trainer.epochs=300",
              f"hydra.sweep.dir={tmp_path}/sweep", "logger=none", "trainer.progress=false", "threads=1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen([sys.executable, "-m", "gradflow_exp.train", *sweep], cwd=tmp_path, env=env,

@@ -88,7 +88,8 @@ def test_optuna_search_over_lr_C_lam(tmp_path, monkeypatch):
 
 def _trial_points(search):
     out = {}
-    for trial in sorted((p for p in search.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+    for trial in sorted((p for p in search.iterdir() if (p / ".hydra" / "config.yaml").is_file()),
+                        key=lambda p: int(p.name)):
         o = yaml.safe_load((trial / ".hydra" / "config.yaml").read_text())["optimizer"]
         out[int(trial.name)] = (o["lr"], o["C"], o["lam"])
     return out
@@ -106,23 +107,33 @@ def test_an_optuna_search_is_continued_by_the_same_command(tmp_path, monkeypatch
     hydra_inprocess(*args, "hydra.sweeper.n_trials=2", monkeypatch=monkeypatch)
     first = _trial_points(search)
     assert list(first) == [0, 1]
-    # a search killed in its third trial: the study holds it as running, at its point
+    # a search killed in its third trial, and in a fourth whose job had ended (a batch of
+    # n_jobs cut short): the study holds both as running
     study = optuna.load_study(study_name="fig7", storage=f"sqlite:///{search}/optuna.db")
-    killed = study.ask()
-    point = (killed.suggest_float("optimizer.lr", 1e-3, 1.0, log=True),
-             killed.suggest_float("optimizer.C", 1e-2, 1e3, log=True), killed.suggest_float("optimizer.lam", 0, 10))
-    hydra_inprocess(*args, "hydra.sweeper.n_trials=4", monkeypatch=monkeypatch)
+
+    def ask():
+        t = study.ask()
+        return t, (t.suggest_float("optimizer.lr", 1e-3, 1.0, log=True),
+                   t.suggest_float("optimizer.C", 1e-2, 1e3, log=True), t.suggest_float("optimizer.lam", 0, 10))
+
+    killed, point = ask()
+    ended, _ = ask()
+    (search / "3").mkdir()
+    (search / "3" / "summary.json").write_text(json.dumps(
+        {"status": "completed", "final": {"val_rel_error": 0.5, "test_rel_error": 0.4}}))
+    hydra_inprocess(*args, "hydra.sweeper.n_trials=5", monkeypatch=monkeypatch)
     points = _trial_points(search)
-    assert list(points) == [0, 1, 3, 4] and {k: points[k] for k in (0, 1)} == first
-    assert points[3] == pytest.approx(point, rel=1e-12)               # asked again, first
+    assert list(points) == [0, 1, 4, 5] and {k: points[k] for k in (0, 1)} == first
+    assert points[4] == pytest.approx(point, rel=1e-12)               # asked again, first
     assert len(set(points.values())) == 4                              # the new one is new
     study = optuna.load_study(study_name="fig7", storage=f"sqlite:///{search}/optuna.db")
     states = [t.state.name for t in study.trials]
-    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert study.trials[3].value == 0.5                                # told from its summary, not rerun
     mtimes = {p: p.stat().st_mtime_ns for p in search.glob("*/summary.json")}
-    hydra_inprocess(*args, "hydra.sweeper.n_trials=4", monkeypatch=monkeypatch)   # complete: nothing runs
+    hydra_inprocess(*args, "hydra.sweeper.n_trials=5", monkeypatch=monkeypatch)   # complete: nothing runs
     assert {p: p.stat().st_mtime_ns for p in search.glob("*/summary.json")} == mtimes
-    assert len(optuna.load_study(study_name="fig7", storage=f"sqlite:///{search}/optuna.db").trials) == 5
+    assert len(optuna.load_study(study_name="fig7", storage=f"sqlite:///{search}/optuna.db").trials) == 6
     # the report draws the stored study beside the sweep's own figures
     from gradflow_exp.report.cli import main as report_main
 

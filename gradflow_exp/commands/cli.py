@@ -53,7 +53,9 @@ def run(task, args: list[str]) -> None:
     sys.argv[1:] = args
     os.environ[TRACEBACK_ENV] = "1" if debug else "0"     # for the jobs, here and in launched processes
     os.environ["HYDRA_FULL_ERROR"] = "1"     # Hydra raises instead of printing; we print
-    multirun = any(a in MULTIRUN_FLAGS for a in args) or "hydra.mode=MULTIRUN" in args
+    # hparams_search=<problem> sets hydra.mode=MULTIRUN in its file: a sweep as well
+    multirun = any(a in MULTIRUN_FLAGS for a in args) or "hydra.mode=MULTIRUN" in args or any(
+        a.split("=", 1)[0].lstrip("+") == "hparams_search" and a.split("=", 1)[-1] not in ("", "null") for a in args)
     JOB_OUTCOMES.clear()
     sweep_lock = None
     try:

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,6 +174,9 @@ class Staged:
                     break
                 self.made.append(p)            # innermost first: the order to remove them in
             self.out.mkdir(parents=True, exist_ok=True)
+            for old in self.out.glob(".gradflow-report-*"):      # a killed report's, an hour on
+                if time.time() - old.stat().st_mtime > 3600:
+                    shutil.rmtree(old, ignore_errors=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=".gradflow-report-", dir=self.out))
         except OSError as e:
             self._clean([])
@@ -295,8 +299,12 @@ def report(dirs, out=None, metric="test_rel_error", target=1e-3, band="minmax",
         try:
             names += [p.name for p in sensitivity.draw(sens, metric, stage.tmp, band)]
             for db in study.find_studies([Path(d) for d in dirs]):
-                drawn_study = study.draw(db, lambda name, fig: fig.savefig(stage.path(name), dpi=sensitivity.DPI,
-                                                                            bbox_inches="tight"))
+                try:
+                    drawn_study = study.draw(db, lambda name, fig: fig.savefig(
+                        stage.path(name), dpi=sensitivity.DPI, bbox_inches="tight"))
+                except study.StudyUnreadable as e:
+                    print(f"gradflow-report: warning: {e}", file=sys.stderr)
+                    continue
                 names += drawn_study
                 if drawn_study:
                     printed.insert(0, f"Optuna study in {db}: {', '.join(drawn_study)}")

@@ -58,6 +58,8 @@ def selection_for(runs: pd.DataFrame, metric: str) -> Selection:
     loss (runs made before the split, or a mix of old and new runs). Never test."""
     base = base_metric(metric)
     val = f"val_{base}"
+    if not any(c.endswith(val) for c in runs.columns):      # --metric train_loss: no val_loss is logged
+        val = "val_rel_error"
     has_curve = runs["epochs"].notna()
     logged = pd.Series(False, index=runs.index)
     for kind in ("initial", "best", "final"):
@@ -189,7 +191,7 @@ def frontier_table(runs: pd.DataFrame, step: str = STEP_KEY) -> pd.DataFrame:
     the largest value at which most seeds train (``largest_trains``; NaN: at none), the
     smallest larger value at which they do not (``fails_at``) and why, whether the largest
     tried still trains (the frontier is then only a lower bound), and smaller values that
-    failed."""
+    failed. A search (more than MAX_GRID values of a key) gets one row per method."""
     keys = numeric_keys(runs)
     if step not in keys:
         return pd.DataFrame()
@@ -202,6 +204,10 @@ def frontier_table(runs: pd.DataFrame, step: str = STEP_KEY) -> pd.DataFrame:
         if step not in varying(g, keys):
             continue
         others = [k for k in varying(g, keys) if k != step]
+        if any(g[k].nunique() > MAX_GRID for k in (step, *others)):
+            # a search (a new point per trial), not a grid: one frontier over all its trials,
+            # the other keys not held fixed, instead of one row per trial
+            others = []
         for vals, h in (g.groupby(others, sort=True, dropna=False) if others else [((), g)]):
             vals = vals if isinstance(vals, tuple) else (vals,)
             verdict = {}

@@ -33,19 +33,36 @@ def find_studies(dirs: list[Path]) -> list[Path]:
     return sorted(set(out))
 
 
+class StudyUnreadable(Exception):
+    """A database that is no optuna study, or optuna not installed: a warning, not the end."""
+
+
 def draw(db: Path, write) -> list[str]:
     """The figures of every study in ``db``; ``write(name, figure)`` saves one. Returns the
     names written, and says in the log what could not be drawn (too few finite trials)."""
     import matplotlib.pyplot as plt
-    import optuna
+
+    try:
+        import optuna
+    except ImportError:
+        raise StudyUnreadable(f"{db}: optuna is not installed (the [hparams] extra); its study is not drawn") from None
     from optuna.visualization import matplotlib as ovm
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)    # its "differs from the Plotly plot" notes
-    storage = f"sqlite:///{Path(db).resolve()}"
+    storage = f"sqlite:///file:{Path(db).resolve()}?mode=ro&uri=true"    # read only: the report writes no input
     names = []
+    if Path(db).stat().st_size == 0:
+        log.warning("%s is empty: no study to draw", db)
+        return names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for summary in optuna.get_all_study_summaries(storage):
+        warnings.simplefilter("ignore", DeprecationWarning)      # SQLAlchemy 1.4's notes on 2.0
+        try:
+            summaries = optuna.get_all_study_summaries(storage)
+        except Exception as e:  # noqa: BLE001 - not a study (or not readable): say so, draw the rest
+            raise StudyUnreadable(f"{db} is not a readable optuna study ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:160]})") from None
+        for summary in summaries:
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             finite = _finite_copy(study)
             n_all = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
@@ -57,7 +74,7 @@ def draw(db: Path, write) -> list[str]:
             plots = {"history": lambda: ovm.plot_optimization_history(finite),
                      "slice": lambda: ovm.plot_slice(finite)}
             if n >= 2 and len(finite.best_trial.params) >= 2:
-                plots["contour"] = lambda: ovm.plot_contour(finite, target=_log10, target_name=LOG_TARGET)
+                plots["contour"] = lambda: _pairs(finite)
             if n >= 3:
                 plots["importances"] = lambda: _importances(finite)
             for kind, plot in plots.items():
@@ -79,6 +96,35 @@ def draw(db: Path, write) -> list[str]:
                 plt.close(fig)
                 names.append(f"{prefix}_{kind}.png")
     return names
+
+
+def _pairs(study):
+    """Every pair of parameters, each trial a dot coloured by log10 of its objective, the
+    best ringed (optuna 2's matplotlib contour interpolates a 100 × 100 grid in Python
+    loops: 20 s a plot)."""
+    import itertools
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = sorted(study.best_trial.params)
+    pairs = list(itertools.combinations(names, 2))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.8), squeeze=False)
+    z = np.array([_log10(t) for t in study.trials])
+    best = study.best_trial
+    for ax, (a, b) in zip(axes.flat, pairs):
+        xs = np.array([t.params.get(a, np.nan) for t in study.trials], dtype=float)
+        ys = np.array([t.params.get(b, np.nan) for t in study.trials], dtype=float)
+        sc = ax.scatter(xs, ys, c=z, cmap="viridis_r", s=36, edgecolors="k", linewidths=0.3)
+        ax.scatter([best.params[a]], [best.params[b]], s=160, facecolors="none", edgecolors="red", linewidths=1.5)
+        for axis, v in ((ax.set_xscale, xs), (ax.set_yscale, ys)):
+            if np.nanmin(v) > 0 and np.nanmax(v) / np.nanmin(v) > 20:
+                axis("log")
+        ax.set_xlabel(a)
+        ax.set_ylabel(b)
+    fig.colorbar(sc, ax=list(axes.flat), label=LOG_TARGET)
+    fig.suptitle(f"trials by pair of parameters ({len(study.trials)}; best ringed)")
+    return axes
 
 
 def _importances(study):

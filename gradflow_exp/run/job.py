@@ -7,6 +7,7 @@ this only once the input is known good: it is where torch comes in.
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from gradflow_exp.config import schema
 from gradflow_exp.run.batch import Member, train_together
 from gradflow_exp.config.schema import ConfigError
 from gradflow_exp.training.metrics import SELECT_ON
+
+log = logging.getLogger("gradflow_exp")
 
 __all__ = ["ConfigError", "objective", "run"]
 
@@ -48,4 +51,7 @@ def objective(summary: dict, which: str = "final") -> float:
     if summary.get("status") != "completed":
         return float("inf")
     value = summary.get(which, {}).get(SELECT_ON)
+    if value is None:
+        log.warning("this run has no validation split (dataset.val_size / val_fraction / val_points = 0): "
+                    "it returns inf to the sweeper, which cannot rank it")
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else float("inf")

@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradflow_exp.config.schema import ConfigError, dataset_default, defaults
+from gradflow_exp.config.schema import DATASET_LEGACY, ConfigError, dataset_default, defaults
 
 log = logging.getLogger("gradflow_exp")
 
@@ -256,6 +256,8 @@ def describe_changes(diff, limit: int = 6) -> str:
     parts = [f"{k}: {show(a)} → {show(b)}" for k, a, b in diff[:limit]]
     if len(diff) > limit:
         parts.append(f"… {len(diff) - limit} more")
+    if any(k == "dataset.val_fraction" and a == DATASET_LEGACY["val_fraction"] for k, a, _ in diff):
+        parts.append("a run from before the validation split: dataset.val_fraction=0 continues it")
     return "; ".join(parts)
 
 

@@ -13,7 +13,6 @@ import logging
 import math
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,17 @@ from gradflow_exp.training.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
 
 log = logging.getLogger(__name__)
 
+def _merged(columns: list[str], keys: list[str]) -> list[str]:
+    """``columns`` with the keys it lacks inserted after their predecessor in ``keys``
+    (val_* after train_*, as a new run writes them)."""
+    out = list(columns)
+    for i, k in enumerate(keys):
+        if k not in out:
+            after = next((keys[j] for j in range(i - 1, -1, -1) if keys[j] in out), None)
+            out.insert(out.index(after) + 1 if after is not None else 0, k)
+    return out
+
+
 def device_name(device: torch.device) -> str:
     """Where a run computed, for summary.json (device=auto resolves here): "cpu" or
     "cuda (<GPU name>)"."""
@@ -30,26 +40,34 @@ def device_name(device: torch.device) -> str:
 
 
 class CSVSink:
-    """metrics.csv: one row per logged epoch; columns fixed by the first row."""
+    """metrics.csv: one row per logged epoch. A key that first appears in a later row (a
+    run made before a metric existed, resumed: its replayed rows lack it) widens the header:
+    the file is rewritten with the new column, empty in the rows before."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._file = None
         self._writer = None
         self.columns: list[str] = []
-        self._warned: set[str] = set()
+        self._rows: list[dict] = []
 
     def log(self, row: dict) -> None:
-        if self._writer is None:
-            self.columns = list(row)
-            self._file = open(self.path, "w", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
-            self._writer.writeheader()
-        new = set(row) - set(self.columns) - self._warned
-        if new:
-            warnings.warn(f"metrics.csv: keys {sorted(new)} appeared after the header; not written")
-            self._warned |= new
-        self._writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
+        formatted = {k: _fmt(v) for k, v in row.items()}
+        self._rows.append(formatted)
+        if self._writer is None or set(row) - set(self.columns):
+            self.columns = _merged(self.columns, list(row))
+            self._rewrite()
+            return
+        self._writer.writerow(formatted)
+        self._file.flush()
+
+    def _rewrite(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = open(self.path, "w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore", restval="")
+        self._writer.writeheader()
+        self._writer.writerows(self._rows)
         self._file.flush()
 
     def close(self) -> None:
