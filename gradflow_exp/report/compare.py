@@ -8,9 +8,8 @@ only those reruns are compared on test. The measures follow DeepOBS (Schneider e
 expected best validation error after n random trials) and AlgoPerf (Dahl et al. 2023: epochs
 and seconds to a validation target).
 
-- **Tuneability**: the k trials' final validation errors, a trial that did not train
-  (diverged, failed, non-finite) counted as the untrained model (relative error 1, or the
-  worst trial if that is worse). The expected best of n trials drawn without replacement
+- **Tuneability**: the k trials' final validation errors, capped at the untrained model's
+  (relative error 1: a trial that diverged, failed or ended above it did not train). The expected best of n trials drawn without replacement
   from the k is exact: with v₍₁₎ ≤ … ≤ v₍ₖ₎, E[min] = Σᵢ v₍ᵢ₎ C(k−i, n−1) / C(k, n). The band is
   the 5–95 % range of that curve over bootstrap resamples of the k trials.
 - **Stability**: the fraction of trials that train (completed, finite, final training
@@ -57,12 +56,12 @@ def tuneability(values, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
 
 
 def trial_scores(trials: pd.DataFrame) -> np.ndarray:
-    """Each trial's final validation error, a trial that did not train at the untrained
-    model's (or the worst trial's, if worse)."""
+    """Each trial's final validation error, capped at the untrained model's (relative error
+    1): a trial that diverged, failed or ended worse than predicting zero did not train, and
+    how far it blew up says nothing about how easy the method is to tune."""
     v = pd.to_numeric(trials.get(f"final_{VAL}"), errors="coerce").to_numpy(dtype=float)
     ok = (trials["status"] == "completed").to_numpy() & np.isfinite(v)
-    worst = max(UNTRAINED, float(np.max(v[ok]))) if ok.any() else UNTRAINED
-    return np.where(ok, v, worst)
+    return np.where(ok, np.minimum(v, UNTRAINED), UNTRAINED)
 
 
 def trains(runs: pd.DataFrame) -> pd.Series:
@@ -189,7 +188,8 @@ def draw(problem: str, results: list[MethodResult], table: pd.DataFrame, out: Pa
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    palette = plt.get_cmap("tab20" if len(results) > 10 else "tab10")
+    colors = [palette(i) for i in range(palette.N)]
     ax = axes[0]
     for i, r in enumerate(results):
         if r.trials.empty:
