@@ -21,6 +21,28 @@ def test_bench_writes_ratios_and_targets(tmp_path, capsys):
     assert "targets (ratios measured in this run)" in capsys.readouterr().out
 
 
+def test_the_matmul_floor_is_the_steps_matmuls_at_their_shapes(tmp_path):
+    """A two-layer net's step: forward and weight gradient of both layers, the input
+    gradient of the second only (x needs none): model_flops less the first layer's input
+    gradient. The bench reports each step as a multiple of it."""
+    import torch
+
+    from gradflow_exp.commands.bench import matmul_ops, model_flops
+    from gradflow_exp.models import TwoLayerNet
+
+    net = TwoLayerNet(40, 1, width=100)
+    ops = matmul_ops(net, 64, torch.float64, torch.device("cpu"))
+    assert len(ops) == 5
+    assert [tuple(o.shape) for _, _, o in ops] == [(64, 100), (100, 40), (64, 1), (1, 100), (64, 100)]
+    assert sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b, _ in ops) == model_flops(net, 64) - 2 * 64 * 40 * 100
+    out = tmp_path / "bench.json"
+    assert main(["--problems", "fig7", "--methods", "sgd", "--repeats", "1", "--steps", "2", "--threads", "1",
+                 "--runner-epochs", "0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["problems"]["fig7"]["floor_s"] > 0 and math.isfinite(res["problems"]["fig7"]["methods"]["sgd"]["ratio_floor"])
+    assert any("fig7   sgd vs matmul floor" in line for line in res["targets"])
+
+
 def test_bench_rejects_unknown_method():
     assert main(["--methods", "sgd,savv"]) == 2
 

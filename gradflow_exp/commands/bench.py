@@ -32,6 +32,10 @@ two seeds, E epochs, one thread a process) as whole ``gradflow-train -m`` comman
 the basic launcher, the batched one, and the batched one with ``n_jobs=2``, interleaved
 rounds; wall time of each command (start-up included), speedup = median ratio to basic.
 
+Matmul floor: each problem's step also against its forward and backward matmuls timed alone
+at the step's shapes (``torch.mm`` into preallocated outputs), interleaved with the methods
+so that it sees the same load; ``× floor`` is that multiple.
+
 Targets (docs/speed.md) are ratios to SGD: SAV-type, ExpSAV, IEQ-adaptive, AEGD ≤ 1.10×,
 RelSAV ≤ 1.40×, IEQ full Jacobian ≤ 2.5× (fig2, batch 64), SPM(J=10) ≤ 4× its base.
 """
@@ -70,6 +74,7 @@ PROBLEMS = {
     "fig1": Problem("fig1", None, "two_layer", 20, 1000),
     "fig2": Problem("fig2", 64, "two_layer", 40, 1000),
     "fig7": Problem("fig7", 64, "two_layer", 40, 100, "quadratic"),
+    "fig3": Problem("fig3", 256, "two_layer", 40, 1000),     # fig3–6's shapes (M = 10 000 here: a step's cost)
     "mnist": Problem("mnist", 64, "mlp", dataset="mnist"),
 }
 METHODS = ["sgd", "adam", "sav", "ressav", "relsav", "asav", "aressav", "arelsav", "expsav",
@@ -115,6 +120,26 @@ def model_flops(model, batch: int) -> float:
     fwd = sum(2 * batch * m.in_features * m.out_features for m in model.modules()
               if isinstance(m, torch.nn.Linear))
     return 3 * fwd
+
+
+def matmul_ops(model, batch: int, dtype, device) -> list[tuple]:
+    """The matmuls of one training step at the model's shapes, as (a, b, out) for
+    ``torch.mm(a, b, out=out)``: per linear layer the forward x·Wᵀ, the weight gradient
+    gᵀ·x, and (past the first layer) the input gradient g·W."""
+    def randn(*shape):
+        return torch.randn(*shape, dtype=dtype, device=device)
+
+    ops = []
+    for i, m in enumerate(mod for mod in model.modules() if isinstance(mod, torch.nn.Linear)):
+        x, W, g = randn(batch, m.in_features), randn(m.out_features, m.in_features), randn(batch, m.out_features)
+        ops.append((x, W.t(), randn(batch, m.out_features)))
+        ops.append((g.t(), x, randn(m.out_features, m.in_features)))
+        if i > 0:
+            ops.append((g, W, randn(batch, m.in_features)))
+    return ops
+
+
+FLOOR = "(matmul floor)"
 
 
 def _sync(device):
@@ -173,7 +198,16 @@ def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
         cfg.lr = 1e-4              # tiny steps: timing, not training
         runs[m] = (model, build_optimizer(cfg, model))
 
+    # the step's matmuls alone, at its shapes, timed among the methods (the same load)
+    runs[FLOOR] = (None, matmul_ops(runs[methods[0]][0], bs, dtype, device))
+
     def run_steps(model, opt, k):
+        if model is None:                       # the floor: opt holds the matmuls
+            for _ in range(k):
+                for a, b, out in opt:
+                    torch.mm(a, b, out=out)
+            _sync(device)
+            return
         perm = torch.randperm(n, generator=gen, device=device)
         for b in range(k):
             i = (b % n_batches) * bs
@@ -184,12 +218,14 @@ def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
     times = time_interleaved(runs, run_steps, repeats, steps, device)
     sgd = statistics.median(times["sgd"])
     flops = model_flops(runs["sgd"][0], bs)
+    floor = statistics.median(times[FLOOR])
     out = {"batch": bs, "steps_per_epoch": n_batches, "flops_per_step": flops,
-           "gflops_sgd": flops / sgd / 1e9, "methods": {}}
+           "gflops_sgd": flops / sgd / 1e9, "floor_s": floor, "methods": {}}
     for m in methods:
         med = statistics.median(times[m])
         ratio = statistics.median(t / s for t, s in zip(times[m], times["sgd"]))
         out["methods"][m] = {"step_s": med, "epoch_s": med * n_batches, "ratio_sgd": ratio,
+                             "ratio_floor": statistics.median(t / f for t, f in zip(times[m], times[FLOOR])),
                              "state_bytes": state_bytes(runs[m][1])}
     return out
 
@@ -440,9 +476,18 @@ def bench_sweep(epochs: int, repeats: int) -> dict:
             for name, ts in times.items()}
 
 
+# A step as a multiple of its matmuls alone: fig7's shapes are too small for the matmuls to
+# dominate, fig2's and fig3's are not.
+FLOOR_TARGETS = {"fig7": 3.0, "fig2": 1.5, "fig3": 1.5}
+FLOOR_METHODS = ("sgd", "sav", "ressav", "relsav", "asav")
+
+
 def check_targets(res: dict) -> list[str]:
     lines = []
     for prob, r in res["problems"].items():
+        for m in FLOOR_METHODS:
+            if prob in FLOOR_TARGETS and m in r["methods"]:
+                lines.append(_verdict(prob, f"{m} vs matmul floor", r["methods"][m]["ratio_floor"], FLOOR_TARGETS[prob]))
         for m, v in r["methods"].items():
             target = TARGETS.get(m)
             if m == "ieq" and prob != "fig2":
@@ -551,11 +596,12 @@ def main(argv=None) -> int:
         r["fraction_of_matmul_peak"] = r["gflops_sgd"] / peak
         res["problems"][prob] = r
         print(f"\n{prob}: batch {r['batch']}, {r['steps_per_epoch']} steps/epoch, SGD at "
-              f"{r['gflops_sgd']:.2f} GFLOP/s = {100 * r['fraction_of_matmul_peak']:.0f}% of matmul peak")
-        print(f"  {'method':14s} {'ms/step':>9s} {'s/epoch':>9s} {'× SGD':>7s} {'state KiB':>10s}")
+              f"{r['gflops_sgd']:.2f} GFLOP/s = {100 * r['fraction_of_matmul_peak']:.0f}% of matmul peak; "
+              f"the step's matmuls alone (its floor) {1e3 * r['floor_s']:.3f} ms")
+        print(f"  {'method':14s} {'ms/step':>9s} {'s/epoch':>9s} {'× SGD':>7s} {'× floor':>8s} {'state KiB':>10s}")
         for m, v in r["methods"].items():
             print(f"  {m:14s} {1e3 * v['step_s']:9.3f} {v['epoch_s']:9.3f} {v['ratio_sgd']:7.2f} "
-                  f"{v['state_bytes'] / 1024:10.1f}")
+                  f"{v['ratio_floor']:8.2f} {v['state_bytes'] / 1024:10.1f}")
     if args.runner_epochs > 0:
         res["runner"] = {}
         print(f"\nrunner vs plain script (SGD epoch, {args.runner_epochs} epochs per block, "
