@@ -53,6 +53,27 @@ class RelErrorLoss:
         return (pred - t) * torch.sqrt(t.numel() / t.pow(2).sum())
 
 
+class RelNormLoss:
+    """‖f − y‖ / ‖y‖ on the batch: the relative error as a norm ratio, not squared.
+
+    The paper (p. 8) takes "the relative error as the loss function" without defining it.
+    Unlike MSE its gradient Jᵀ(f − y)/(‖f − y‖‖y‖) does not shrink with the residual, so a
+    fixed step stalls at an error that grows with the step, and it cannot blow up the way an
+    MSE step past the stability limit does (REPRODUCTION.md, fig8: the large-step study).
+    No residual form: IEQ's quadratic energy needs a loss that is a mean of squares.
+    """
+
+    name = "rel_norm"
+    row_mean = False
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t = as_pred_shape(target, pred)
+        return torch.sqrt((pred - t).pow(2).sum() / t.pow(2).sum())
+
+    def residuals(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise TypeError("loss=rel_norm has no residual form: use optimizer=ieq_adaptive, not ieq")
+
+
 class CrossEntropyLoss:
     """Softmax cross-entropy on integer labels."""
 
@@ -69,7 +90,7 @@ class CrossEntropyLoss:
         return per_sample.clamp_min(1e-30).sqrt().unsqueeze(-1)
 
 
-LOSSES = {cls.name: cls for cls in (MSELoss, RelErrorLoss, CrossEntropyLoss)}
+LOSSES = {cls.name: cls for cls in (MSELoss, RelErrorLoss, RelNormLoss, CrossEntropyLoss)}
 
 
 def build_loss(name: str):

@@ -44,6 +44,20 @@ def test_a_trial_that_did_not_train_counts_as_the_untrained_model():
     assert compare.trial_scores(blown).tolist() == [0.01, 1.0, 1.0, 1.0]
 
 
+def test_a_method_whose_trials_all_diverged_has_no_tuned_setting():
+    """Optuna still names a best trial when every trial diverged; the table must not print
+    it as a tuned setting, nor a cost per epoch for reruns that never ran."""
+    trials = pd.DataFrame({"optimizer.lr": [0.16, 0.73], "status": ["diverged", "diverged"],
+                           "initial_train_rel_error": [1.0, 1.0], "final_train_rel_error": [math.nan, math.nan],
+                           "final_val_rel_error": [math.nan, math.nan]})
+    r = compare.MethodResult("sgd", {"optimizer.lr": 0.16}, trials, pd.DataFrame(), pd.DataFrame())
+    row = compare.method_row(r, target=1e-3, k=2)
+    assert row["setting"] == "none (no trial trained)" and row["trials_train"] == 0
+    table = pd.DataFrame([row]).assign(vs="", p_vs_best_baseline=math.nan)
+    line = compare.markdown("fig7", table, 1e-3, 2).splitlines()[-1]
+    assert "none (no trial trained)" in line and "nan" not in line and "0/2" in line
+
+
 def test_stability_is_the_fraction_of_trials_that_train_per_decade_of_the_step():
     trials = pd.DataFrame({"optimizer.lr": [0.002, 0.005, 0.03, 0.5, 0.9, 5.0],
                            "status": ["completed", "completed", "completed", "completed", "diverged", "completed"],

@@ -28,7 +28,25 @@ def test_residual_contract(name):
     g = torch.Generator().manual_seed(1)
     pred = torch.randn(16, 10 if name == "cross_entropy" else 1, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (16,), generator=g) if name == "cross_entropy" else 5 + torch.randn(16, 1, generator=g, dtype=torch.float64)
+    if name == "rel_norm":   # a norm, not a mean of squares: it says so instead
+        with pytest.raises(TypeError, match="no residual form"):
+            loss.residuals(pred, y)
+        return
     assert float(loss.residuals(pred, y).pow(2).mean()) == pytest.approx(float(loss(pred, y)), rel=1e-12)
+
+
+def test_rel_norm_against_formula_and_its_gradient_does_not_shrink():
+    """‖f − y‖/‖y‖; its gradient with respect to f is (f − y)/(‖f − y‖‖y‖), whose norm is
+    1/‖y‖ whatever the residual (MSE's shrinks with it)."""
+    g = torch.Generator().manual_seed(2)
+    y = 3 + torch.randn(40, 1, generator=g, dtype=torch.float64)
+    loss = build_loss("rel_norm")
+    for size in (1.0, 1e-6):
+        f = (y + size * torch.randn(40, 1, generator=g, dtype=torch.float64)).requires_grad_()
+        value = loss(f, y)
+        assert float(value) == pytest.approx(float((f - y).norm() / y.norm()), rel=1e-14)
+        (grad,) = torch.autograd.grad(value, f)
+        assert float(grad.norm()) == pytest.approx(1 / float(y.norm()), rel=1e-12)
 
 
 def test_mse_has_no_half():

@@ -104,8 +104,10 @@ def method_row(r: MethodResult, target: float, k: int) -> dict:
     """One line of a problem's table."""
     runs = r.runs
     done = runs[runs["status"] == "completed"] if not runs.empty else runs
-    row = {"method": r.method, "setting": ", ".join(f"{k.split('.')[-1]}={v:.3g}" for k, v in r.best.items()),
-           "seeds": len(runs), "completed": len(done)}
+    trained = int(trains(r.trials).sum()) if not r.trials.empty else 0
+    # Optuna names a best trial even when every trial diverged: no setting was found then
+    setting = ", ".join(f"{k.split('.')[-1]}={v:.3g}" for k, v in r.best.items()) if trained else "none (no trial trained)"
+    row = {"method": r.method, "setting": setting, "seeds": len(runs), "completed": len(done)}
     for which in ("final", "best"):
         vals = pd.to_numeric(done.get(f"{which}_{TEST}", pd.Series(dtype=float)), errors="coerce")
         mean, half, n = mean_ci(np.log10(vals[vals > 0]))        # errors span decades: CI on log10
@@ -124,7 +126,7 @@ def method_row(r: MethodResult, target: float, k: int) -> dict:
     row["s_per_epoch"] = float((wall / epochs).median()) if len(done) else math.nan
     scores = trial_scores(r.trials) if not r.trials.empty else np.array([])
     row["trials"] = len(scores)
-    row["trials_train"] = int(trains(r.trials).sum()) if not r.trials.empty else 0
+    row["trials_train"] = trained
     for n in sorted({1, max(1, k // 2), k}):
         row[f"expected_best_val_{n}"] = expected_best(scores, n) if len(scores) >= n else math.nan
     return row
@@ -170,7 +172,7 @@ def markdown(problem: str, table: pd.DataFrame, target: float, k: int) -> str:
     t[f"p vs {table['vs'].iloc[0] or 'baseline'}"] = [f"{v:.3g}" if np.isfinite(v) else "" for v in table["p_vs_best_baseline"]]
     t["epochs to target"] = [f"{v:g}" if np.isfinite(v) else f"— ({r})" for v, r in zip(table["epochs_to_target"], table["reached"])]
     t["s to target"] = [f"{v:.3g}" if np.isfinite(v) else "—" for v in table["seconds_to_target"]]
-    t["s / epoch"] = [f"{v:.3g}" for v in table["s_per_epoch"]]
+    t["s / epoch"] = [f"{v:.3g}" if np.isfinite(v) else "—" for v in table["s_per_epoch"]]
     for n in sorted({1, max(1, k // 2), k}):
         t[f"E[best val] after {n}"] = [fmt_num(v) for v in table[f"expected_best_val_{n}"]]
     t["trials that train"] = [f"{a}/{b}" for a, b in zip(table["trials_train"], table["trials"])]
