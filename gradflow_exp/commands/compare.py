@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from gradflow_exp.config import CONF_DIR
+from gradflow_exp.config import CONF_DIR, experiment_names
 
 LAUNCHERS = ("basic", "batched", "joblib", "slurm")
 
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     problems = [p for p in args.problems.split(",") if p]
     methods = [m for m in args.methods.split(",") if m]
-    known_p = sorted(f.stem for f in (CONF_DIR / "experiment").glob("*.yaml"))
+    known_p = experiment_names()
     known_m = sorted(f.stem for f in (CONF_DIR / "search_space").glob("*.yaml"))
     for what, given, known in (("problem", problems, known_p), ("method", methods, known_m)):
         bad = [g for g in given if g not in known]

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 from gradflow_exp.commands.cli import CONF_DIR
+from gradflow_exp.commands.reproduce import parse_seeds
+from gradflow_exp.config import experiment_names
 
 # The paper in its order (REPRODUCTION.md): Figs 1–10, MNIST (Fig 11), Burgers (Fig 12).
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9", "fig10", "mnist", "burgers")
@@ -30,7 +32,7 @@ FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9
 JOB_OVERRIDES = ("hydra/launcher=batched", "logger=none", "trainer.progress=false")
 # Seconds kept back at the end of a chunk for the runs to checkpoint after SIGTERM, and the
 # least time worth starting a figure with (its start-up alone takes several seconds).
-GRACE_S = float(os.environ.get("GRADFLOW_PAPER_GRACE_S", 45))
+GRACE_S = 45.0
 MIN_CHUNK_S = 30.0
 MORE_TO_RUN = 3
 PROGRESS = "progress.json"
@@ -51,7 +53,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     figures = [f.strip() for f in args.figures.split(",") if f.strip()]
-    valid = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    valid = experiment_names()
     bad = [f for f in figures if f not in valid]
     error = (f"unknown figure(s) {', '.join(bad)}; valid: {', '.join(valid)}" if bad else
              "--figures names no figure" if not figures else
@@ -60,9 +62,9 @@ def main(argv=None) -> int:
              f"to checkpoint)" if args.budget is not None and not args.budget >= GRACE_S + MIN_CHUNK_S else
              None)
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        error = error or f"--seeds must be integers like 0,1,2, got {args.seeds!r}"
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        error = error or str(e)
     if error:
         print(f"gradflow-paper: error: {error}", file=sys.stderr)
         return 2

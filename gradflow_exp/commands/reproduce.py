@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from gradflow_exp.commands.cli import CONF_DIR
+from gradflow_exp.config import experiment_names
 
 # A shortened run logs at least this many rows a curve: the configs log every 10 epochs
 # (fig10, burgers: 50), which gives 6 points for --epochs 50.
@@ -39,15 +40,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    valid = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    valid = experiment_names()
     if args.experiment not in valid:
         print(f"gradflow-reproduce: error: unknown experiment {args.experiment!r}; valid: {', '.join(valid)}",
               file=sys.stderr)
         return 2
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        print(f"gradflow-reproduce: error: --seeds must be integers like 0,1,2, got {args.seeds!r}", file=sys.stderr)
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        print(f"gradflow-reproduce: error: {e}", file=sys.stderr)
         return 2
     if args.epochs is not None and args.epochs <= 0:
         print("gradflow-reproduce: error: --epochs must be positive", file=sys.stderr)
@@ -82,6 +83,14 @@ def main(argv=None) -> int:
     code = report_main([str(out)])
     print_against_paper(out, args.experiment)
     return code or rc
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` → [0, 1, 2]; a ValueError that says what was expected otherwise."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds must be integers like 0,1,2, got {text!r}") from None
 
 
 def compose_experiment(experiment: str, overrides: list[str]):

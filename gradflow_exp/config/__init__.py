@@ -16,6 +16,11 @@ def base_optimizers() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
 
 
+def experiment_names() -> list[str]:
+    """Every ``experiment=`` choice, ``conf/experiment/<name>.yaml``: the figures and problems."""
+    return sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
 def optimizer_names() -> list[str]:
     """Every ``optimizer=`` choice: each base and its SPM form."""
     bases = base_optimizers()
