@@ -15,6 +15,14 @@ def _activation(name: str) -> nn.Module:
     return getattr(nn, ACTIVATIONS[name])()
 
 
+def relu_backward_(grad: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """grad ⊙ [r > 0] written into ``grad`` (r = relu(h), so r > 0 exactly where h > 0):
+    relu's backward as one fused kernel, without a fresh buffer."""
+    if torch.is_grad_enabled() and (grad.requires_grad or r.requires_grad):   # differentiated through: no out=
+        return torch.ops.aten.threshold_backward(grad, r, 0.0)
+    return torch.ops.aten.threshold_backward.grad_input(grad, r, 0.0, grad_input=grad)
+
+
 class TwoLayerNet(nn.Module):
     """f(x) = (1/m) Σ_k a_k σ(w_k·[x;1]) — bias absorbed into w_k, width m.
 
@@ -45,16 +53,17 @@ class TwoLayerNet(nn.Module):
         return self.out(self.act(self.hidden(x))) * self.scale
 
     def _residual(self, x: torch.Tensor, y: torch.Tensor):
-        """h = Wx + b, relu(h) and e = f − y in three kernels (one fused addmm for e)."""
+        """r = relu(Wx + b) and e = f − y in three kernels (one fused addmm for e). The relu
+        overwrites Wx + b, which is never needed again: relu's backward masks by r > 0,
+        which is h > 0 (one [N, m] buffer fewer a step, docs/speed.md)."""
         W, b, a = self._weights()
-        h = torch.addmm(b, x, W.t())
-        r = h.clamp_min(0)
-        e = torch.addmm(y.reshape(x.shape[0], -1), r, a.t(), beta=-1, alpha=self.scale)
-        return h, r, e
+        r = torch.addmm(b, x, W.t()).clamp_min_(0)
+        e = torch.addmm(y if y.dim() == 2 else y.reshape(-1, 1), r, a.t(), beta=-1, alpha=self.scale)
+        return r, e
 
     def mse_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """MSE on (x, y), forward only, without nn.Module call overhead (RelSAV's r̂)."""
-        flat = self._residual(x, y)[2].view(-1)
+        flat = self._residual(x, y)[1].view(-1)
         return torch.dot(flat, flat) / flat.numel()
 
     def mse_loss_and_grad(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -66,14 +75,14 @@ class TwoLayerNet(nn.Module):
         ∂I/∂h = s·(∂I/∂f) a ⊙ [h > 0], ∂I/∂W = (∂I/∂h)ᵀ x, ∂I/∂b = Σ ∂I/∂h.
         """
         W, b, a = self._weights()
-        h, r, e = self._residual(x, y)
+        r, e = self._residual(x, y)
         n = e.numel()
         flat = e.view(-1)
         loss = torch.dot(flat, flat) / n
         df = e * (2.0 * self.scale / n)
         # an outer product needs no matmul when there is one output
         dr = df * a if a.shape[0] == 1 else df @ a
-        dh = torch.ops.aten.threshold_backward(dr, h, 0.0)   # relu's backward, fused
+        dh = relu_backward_(dr, r)
         a.grad = df.t() @ r
         W.grad = dh.t() @ x
         b.grad = dh.sum(0)
@@ -98,8 +107,7 @@ class TwoLayerNet(nn.Module):
         Wj = torch.add(W, xw, alpha=h).reshape(J * m, -1)  # [J·m, D]
         bj = torch.add(b, xb, alpha=h).reshape(-1)         # [J·m]
         aj = torch.add(a, xa, alpha=h).reshape(J, m)       # [J, m]
-        H = torch.addmm(bj, x, Wj.t()).view(-1, J, m)      # [N, J, m]
-        R = H.clamp_min(0)
+        R = torch.addmm(bj, x, Wj.t()).view(-1, J, m).clamp_min_(0)   # relu(H), H overwritten: [N, J, m]
         # vecdot and the mv below read R in place; einsum permuted it into a bmm (a copy)
         e = torch.linalg.vecdot(R, aj).mul_(self.scale) - y.reshape(-1, 1)   # [N, J]
         flat = e.reshape(-1)
@@ -107,7 +115,7 @@ class TwoLayerNet(nn.Module):
         if not backward:
             return loss
         df = e * (2.0 * self.scale / flat.numel())         # ∂I_h/∂f_j, [N, J]
-        dH = torch.ops.aten.threshold_backward(df.unsqueeze(-1) * aj, H, 0.0).sum(1)   # Σ_j, [N, m]
+        dH = relu_backward_(df.unsqueeze(-1) * aj, R).sum(1)   # Σ_j, [N, m]
         a.grad = (df.reshape(1, -1) @ R.reshape(-1, m))     # Σ_n Σ_j df_nj R_njk, [1, m]
         W.grad = dH.t() @ x
         b.grad = dH.sum(0)
@@ -124,14 +132,14 @@ class TwoLayerNet(nn.Module):
         a = self._weights()[2]
         if a.shape[0] != 1:
             return None
-        h, r, e = self._residual(x, y)
+        r, e = self._residual(x, y)
         q = e.reshape(-1)
-        ma = (h > 0).to(h.dtype) * a               # M diag(a)
+        ma = (r > 0).to(r.dtype) * a               # M diag(a)
         G = (r @ r.t() + (x @ x.t() + 1) * (ma @ ma.t())) * self.scale ** 2
 
         def vjp(v: torch.Tensor) -> list[torch.Tensor]:
             df = v.reshape(-1, 1) * self.scale
-            dh = torch.ops.aten.threshold_backward(df * a, h, 0.0)
+            dh = relu_backward_(df * a, r)
             return [dh.t() @ x, dh.sum(0), df.t() @ r]
 
         return q, G, vjp

@@ -69,3 +69,46 @@ def test_closed_form_gram_matches_jacobian_and_ieq_takes_the_same_step():
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
     for k, v in fast.diagnostics().items():
         assert torch.allclose(v, slow.diagnostics()[k], rtol=1e-9), k
+
+
+
+class _Rows:
+    """A sink that keeps the rows it is given."""
+
+    def __init__(self):
+        self.rows = []
+
+    def log(self, row):
+        self.rows.append(dict(row))
+
+
+@pytest.mark.parametrize("method", ["sgd", "sav", "relsav", "asav", "expsav"])
+def test_the_runners_hand_written_step_trains_as_autograd_does(method, monkeypatch):
+    """A few epochs through the runner's loop with the two-layer net's hand-written
+    gradient (in-place relu, relu's backward into its own buffer: docs/speed.md) log the
+    rows that the same run logs with autograd, to rounding."""
+    from gradflow_exp.config import dataset_config, optimizer_config
+    from gradflow_exp.data import build_dataset
+    from gradflow_exp.optim import build_optimizer
+    from gradflow_exp.training.loop import LoopConfig, OneModel, Run, train
+
+    data = build_dataset(dataset_config("quadratic", D=6, M=400), 0).to("cpu", torch.float64)
+
+    def rows(manual: bool) -> list[dict]:
+        monkeypatch.setattr(TwoLayerNet, "supports_manual_grad", property(lambda self: manual))
+        torch.manual_seed(0)
+        model = TwoLayerNet(6, 1, width=30).double()
+        cfg = optimizer_config(method)
+        cfg.lr = {"sgd": 1e-3, "asav": 0.01}.get(method, 0.5)
+        opt = build_optimizer(cfg, model)
+        sink = _Rows()
+        train(OneModel(model, opt, MSELoss(), data), LoopConfig(epochs=4, batch_size=32, progress=False),
+              [Run(seed=0, sinks=[sink])])
+        return sink.rows
+
+    fast, slow = rows(True), rows(False)
+    assert len(fast) == len(slow) == 5 and fast[-1]["train_rel_error"] < fast[0]["train_rel_error"]
+    for a, b in zip(fast, slow):
+        for key in a:
+            if key != "wall_time":
+                assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-300, nan_ok=True), (key, a["epoch"])

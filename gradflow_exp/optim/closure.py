@@ -27,6 +27,7 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from gradflow_exp.losses import MSELoss
+from gradflow_exp.models import relu_backward_
 
 
 class BatchClosure:
@@ -153,8 +154,7 @@ def two_layer_mse_grad(scale: float, params, x, y, backward: bool = True):
     paper's small nets.) Returns (losses [R], grads or None)."""
     W, b, a = params["hidden.weight"], params["hidden.bias"], params["out.weight"]   # [R,m,D], [R,m], [R,out,m]
     R, N = x.shape[0], x.shape[1]
-    h = torch.baddbmm(b.unsqueeze(1), x, W.transpose(1, 2))      # [R,N,m]
-    r = h.clamp_min(0)
+    r = torch.baddbmm(b.unsqueeze(1), x, W.transpose(1, 2)).clamp_min_(0)   # relu(h), h overwritten: [R,N,m]
     e = torch.baddbmm(y.reshape(R, N, -1), r, a.transpose(1, 2), beta=-1, alpha=scale)   # f − y
     n = e[0].numel()
     flat = e.reshape(R, -1)
@@ -163,6 +163,6 @@ def two_layer_mse_grad(scale: float, params, x, y, backward: bool = True):
         return loss, None
     df = e * (2.0 * scale / n)
     dr = df * a if a.shape[1] == 1 else df @ a
-    dh = torch.ops.aten.threshold_backward(dr, h, 0.0)           # relu's backward
+    dh = relu_backward_(dr, r)                                   # relu's backward, masked by r > 0 ⇔ h > 0
     return loss, {"hidden.weight": dh.transpose(1, 2) @ x, "hidden.bias": dh.sum(1),
                   "out.weight": df.transpose(1, 2) @ r}

@@ -31,6 +31,8 @@ import torch
 from torch.func import grad, vmap
 from torch.optim import Optimizer
 
+from gradflow_exp.optim.base import LeanOptimizer
+
 _PASSTHROUGH = ("diagnostics", "epoch_start")
 
 
@@ -93,7 +95,7 @@ class PerturbedClosure:
         return losses.detach()
 
 
-class SPM(Optimizer):
+class SPM(LeanOptimizer):
     """Wrap ``base_optimizer`` with the smoothing of paper Alg. 1 (see module docstring)."""
 
     def __init__(self, base_optimizer: Optimizer, J: int = 10, h: float = 1e-4,

@@ -19,13 +19,13 @@ replica's single-run one and back, so that a replica's checkpoint is its single 
 from __future__ import annotations
 
 import torch
-from torch.optim import Optimizer
 
-from gradflow_exp.optim.base import F64, _along
+
+from gradflow_exp.optim.base import F64, LeanOptimizer, _along
 from gradflow_exp.optim.spm import SPM
 
 
-class PerReplicaLr(Optimizer):
+class PerReplicaLr(LeanOptimizer):
     """``make(params, lr)`` (a torch.optim class with its other hyperparameters) over
     ``stacked`` ([R, …] tensors), replica k stepping with ``lrs[k]``: see the module
     docstring. ``param_groups[0]["lr"]`` is the vector [R] of the replicas' lr, as in our

@@ -639,6 +639,19 @@ def test_hooks_fire(info):
             h.remove()
 
 
+@pytest.mark.parametrize("info", classes_of(INFOS))
+def test_a_profiler_sees_the_step_as_torch_names_it(info):
+    """Under a profiler the step is recorded as torch.optim records its own
+    (``Optimizer.step#<Class>.step``); without one it skips that scope (docs/speed.md)."""
+    inp = info.inputs[0]
+    model, x, y = problem()
+    opt = build(info, inp, model.parameters())
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step(opt, info, inp, model, x, y)
+    names = {e.name for e in prof.events()}
+    assert f"Optimizer.step#{type(opt).__name__}.step" in names
+
+
 @pytest.mark.parametrize("info,inp", [c for c in CASES if not c.values[0].functional])
 def test_grads_are_never_written_into(info, inp):
     model, x, y = problem()
