@@ -73,6 +73,11 @@ class TwoLayerNet(nn.Module):
         overhead, which dominates for these small nets: h = Wx+b, f = s·a·relu(h),
         e = f − y, I = mean(e²); ∂I/∂f = 2e/N, ∂I/∂a = s·(∂I/∂f)ᵀ relu(h),
         ∂I/∂h = s·(∂I/∂f) a ⊙ [h > 0], ∂I/∂W = (∂I/∂h)ᵀ x, ∂I/∂b = Σ ∂I/∂h.
+
+        With one output, ∂I/∂h = df ⊙ M, M = aᵀ ⊙ [h > 0] (df = s·∂I/∂f, a column), so
+        ∂I/∂W = Mᵀ(df ⊙ x) and ∂I/∂b = Mᵀdf: one [N, m] pass (M) where forming ∂I/∂h takes
+        two, and W's gradient is the matmul (df ⊙ x)ᵀM in its faster layout, kept as its
+        transpose (a strided view; docs/speed.md).
         """
         W, b, a = self._weights()
         r, e = self._residual(x, y)
@@ -80,10 +85,13 @@ class TwoLayerNet(nn.Module):
         flat = e.view(-1)
         loss = torch.dot(flat, flat) / n
         df = e * (2.0 * self.scale / n)
-        # an outer product needs no matmul when there is one output
-        dr = df * a if a.shape[0] == 1 else df @ a
-        dh = relu_backward_(dr, r)
         a.grad = df.t() @ r
+        if a.shape[0] == 1:
+            M = torch.ops.aten.threshold_backward(a.expand_as(r), r, 0.0)
+            W.grad = ((x * df).t() @ M).t()
+            b.grad = M.t() @ df.view(-1)
+            return loss
+        dh = relu_backward_(df @ a, r)
         W.grad = dh.t() @ x
         b.grad = dh.sum(0)
         return loss

@@ -33,7 +33,9 @@ def test_the_matmul_floor_is_the_steps_matmuls_at_their_shapes(tmp_path):
     net = TwoLayerNet(40, 1, width=100)
     ops = matmul_ops(net, 64, torch.float64, torch.device("cpu"))
     assert len(ops) == 5
-    assert [tuple(o.shape) for _, _, o in ops] == [(64, 100), (100, 40), (64, 1), (1, 100), (64, 100)]
+    shapes = [tuple(o.shape) for _, _, o in ops]    # a weight gradient in either layout, the faster one
+    assert shapes[0] == (64, 100) and shapes[1] in ((100, 40), (40, 100)) and shapes[2] == (64, 1)
+    assert shapes[3] in ((1, 100), (100, 1)) and shapes[4] == (64, 100)
     assert sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b, _ in ops) == model_flops(net, 64) - 2 * 64 * 40 * 100
     out = tmp_path / "bench.json"
     assert main(["--problems", "fig7", "--methods", "sgd", "--repeats", "1", "--steps", "2", "--threads", "1",

@@ -162,7 +162,10 @@ def two_layer_mse_grad(scale: float, params, x, y, backward: bool = True):
     if not backward:
         return loss, None
     df = e * (2.0 * scale / n)
-    dr = df * a if a.shape[1] == 1 else df @ a
-    dh = relu_backward_(dr, r)                                   # relu's backward, masked by r > 0 ⇔ h > 0
-    return loss, {"hidden.weight": dh.transpose(1, 2) @ x, "hidden.bias": dh.sum(1),
-                  "out.weight": df.transpose(1, 2) @ r}
+    dfT = df.transpose(1, 2)
+    if a.shape[1] == 1:     # as `TwoLayerNet.mse_loss_and_grad`: ∂I/∂h = df ⊙ M, M = aᵀ ⊙ [h > 0]
+        M = torch.ops.aten.threshold_backward(a.expand_as(r), r, 0.0)
+        return loss, {"hidden.weight": ((x * df).transpose(1, 2) @ M).transpose(1, 2),
+                      "hidden.bias": (dfT @ M).squeeze(1), "out.weight": dfT @ r}
+    dh = relu_backward_(df @ a, r)                               # relu's backward, masked by r > 0 ⇔ h > 0
+    return loss, {"hidden.weight": dh.transpose(1, 2) @ x, "hidden.bias": dh.sum(1), "out.weight": dfT @ r}
