@@ -15,6 +15,12 @@ def _activation(name: str) -> nn.Module:
     return getattr(nn, ACTIVATIONS[name])()
 
 
+# hidden activations (batch × width) from which the two-layer net's backward forms W's gradient
+# as (df ⊙ x)ᵀM (TwoLayerNet.mse_loss_and_grad): fig2's 64 × 1000 and fig3's 256 × 1000 are
+# above it, fig7's 64 × 100 below (docs/speed.md)
+FACTORED_BACKWARD = 16384
+
+
 def relu_backward_(grad: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """grad ⊙ [r > 0] written into ``grad`` (r = relu(h), so r > 0 exactly where h > 0):
     relu's backward as one fused kernel, without a fresh buffer."""
@@ -74,10 +80,11 @@ class TwoLayerNet(nn.Module):
         e = f − y, I = mean(e²); ∂I/∂f = 2e/N, ∂I/∂a = s·(∂I/∂f)ᵀ relu(h),
         ∂I/∂h = s·(∂I/∂f) a ⊙ [h > 0], ∂I/∂W = (∂I/∂h)ᵀ x, ∂I/∂b = Σ ∂I/∂h.
 
-        With one output, ∂I/∂h = df ⊙ M, M = aᵀ ⊙ [h > 0] (df = s·∂I/∂f, a column), so
-        ∂I/∂W = Mᵀ(df ⊙ x) and ∂I/∂b = Mᵀdf: one [N, m] pass (M) where forming ∂I/∂h takes
-        two, and W's gradient is the matmul (df ⊙ x)ᵀM in its faster layout, kept as its
-        transpose (a strided view; docs/speed.md).
+        With one output and a large hidden layer (N·m ≥ FACTORED_BACKWARD), ∂I/∂h = df ⊙ M,
+        M = aᵀ ⊙ [h > 0] (df = s·∂I/∂f, a column), so ∂I/∂W = Mᵀ(df ⊙ x) and ∂I/∂b = Mᵀdf:
+        one [N, m] pass (M) where forming ∂I/∂h takes two, and W's gradient is the matmul
+        (df ⊙ x)ᵀM in its faster layout, kept as its transpose (a strided view). Below that
+        size the passes cost less than the extra kernel launches (docs/speed.md).
         """
         W, b, a = self._weights()
         r, e = self._residual(x, y)
@@ -86,12 +93,13 @@ class TwoLayerNet(nn.Module):
         loss = torch.dot(flat, flat) / n
         df = e * (2.0 * self.scale / n)
         a.grad = df.t() @ r
-        if a.shape[0] == 1:
+        if a.shape[0] == 1 and r.numel() >= FACTORED_BACKWARD:
             M = torch.ops.aten.threshold_backward(a.expand_as(r), r, 0.0)
             W.grad = ((x * df).t() @ M).t()
             b.grad = M.t() @ df.view(-1)
             return loss
-        dh = relu_backward_(df @ a, r)
+        # an outer product needs no matmul when there is one output
+        dh = relu_backward_(df * a if a.shape[0] == 1 else df @ a, r)
         W.grad = dh.t() @ x
         b.grad = dh.sum(0)
         return loss

@@ -82,8 +82,9 @@ class _Rows:
         self.rows.append(dict(row))
 
 
+@pytest.mark.parametrize("width", [30, 600], ids=["small", "factored-backward"])   # batch × width vs FACTORED_BACKWARD
 @pytest.mark.parametrize("method", ["sgd", "sav", "relsav", "asav", "expsav"])
-def test_the_runners_hand_written_step_trains_as_autograd_does(method, monkeypatch):
+def test_the_runners_hand_written_step_trains_as_autograd_does(method, width, monkeypatch):
     """A few epochs through the runner's loop with the two-layer net's hand-written
     gradient (in-place relu, relu's backward into its own buffer: docs/speed.md) log the
     rows that the same run logs with autograd, to rounding."""
@@ -97,7 +98,7 @@ def test_the_runners_hand_written_step_trains_as_autograd_does(method, monkeypat
     def rows(manual: bool) -> list[dict]:
         monkeypatch.setattr(TwoLayerNet, "supports_manual_grad", property(lambda self: manual))
         torch.manual_seed(0)
-        model = TwoLayerNet(6, 1, width=30).double()
+        model = TwoLayerNet(6, 1, width=width).double()
         cfg = optimizer_config(method)
         cfg.lr = {"sgd": 1e-3, "asav": 0.01}.get(method, 0.5)
         opt = build_optimizer(cfg, model)
@@ -112,3 +113,25 @@ def test_the_runners_hand_written_step_trains_as_autograd_does(method, monkeypat
         for key in a:
             if key != "wall_time":
                 assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-300, nan_ok=True), (key, a["epoch"])
+
+
+@pytest.mark.parametrize("width", [30, 600], ids=["small", "factored-backward"])
+def test_the_replica_closed_form_is_each_replicas_own_gradient(width):
+    """`two_layer_mse_grad` over R stacked nets gives each net's `mse_loss_and_grad`, below
+    and above FACTORED_BACKWARD."""
+    from gradflow_exp.optim.closure import two_layer_mse_grad
+
+    nets, xs, ys = [], [], []
+    for k in range(3):
+        torch.manual_seed(k)
+        nets.append(TwoLayerNet(6, 1, width=width).double())
+        xs.append(torch.randn(32, 6, dtype=torch.float64))
+        ys.append(torch.randn(32, dtype=torch.float64))
+    params = {n: torch.stack([dict(net.named_parameters())[n].detach() for net in nets]) for n, _ in nets[0].named_parameters()}
+    losses, grads = two_layer_mse_grad(nets[0].scale, params, torch.stack(xs), torch.stack(ys))
+    for k, net in enumerate(nets):
+        with torch.no_grad():
+            loss = net.mse_loss_and_grad(xs[k], ys[k])
+        assert losses[k].item() == pytest.approx(loss.item(), rel=1e-13)
+        for n, p in net.named_parameters():
+            assert torch.allclose(grads[n][k], p.grad, rtol=1e-11, atol=1e-16), n

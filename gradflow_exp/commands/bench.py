@@ -154,6 +154,48 @@ def _time_mm(op, device, repeats: int = 9) -> float:
 
 
 FLOOR = "(matmul floor)"
+REPO = CONF_DIR.parent
+
+
+def load_tree(rev: str):
+    """The package as it was at git revision ``rev``, importable beside this one: its
+    ``gradflow_exp/`` and ``conf/`` exported into a temporary directory as the package
+    ``gradflow_exp_<rev>`` (every ``gradflow_exp`` in its sources and configs renamed), so one
+    process times the old tree's steps interleaved with the new tree's (``--against``).
+    Raises ValueError where ``rev`` is not a revision of this repository."""
+    import importlib
+    import re
+    import subprocess
+    import tarfile
+    import tempfile
+    from io import BytesIO
+    from pathlib import Path
+
+    tag = re.sub(r"\W", "_", rev)
+    try:
+        blob = subprocess.run(["git", "archive", rev, "gradflow_exp", "conf"], cwd=REPO, capture_output=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise ValueError(f"--against {rev!r}: not a revision of {REPO} ({getattr(e, 'stderr', b'').decode().strip() or e})")
+    root = Path(tempfile.mkdtemp(prefix="gradflow_bench_"))
+    tarfile.open(fileobj=BytesIO(blob)).extractall(root, filter="data")
+    name = f"gradflow_exp_{tag}"
+    (root / "gradflow_exp").rename(root / name)
+    for f in [*root.rglob("*.py"), *root.rglob("*.yaml")]:
+        f.write_text(re.sub(r"\bgradflow_exp\b", name, f.read_text()))
+    sys.path.insert(0, str(root))
+    return importlib.import_module(name)
+
+
+def _api(pkg: str):
+    """What the step benchmark builds, from package ``pkg`` (this one, or a `load_tree`)."""
+    import importlib
+    from types import SimpleNamespace
+
+    mod = {m: importlib.import_module(f"{pkg}.{m}") for m in ("models", "optim", "config", "losses", "training.loop")}
+    return SimpleNamespace(TwoLayerNet=mod["models"].TwoLayerNet, MLP=mod["models"].MLP,
+                           build_optimizer=mod["optim"].build_optimizer, optimizer_config=mod["config"].optimizer_config,
+                           build_loss=mod["losses"].build_loss, OneModel=mod["training.loop"].OneModel)
 
 
 def _sync(device):
@@ -165,11 +207,12 @@ def build_problem(p: Problem, dtype, device, seed=0) -> tuple[Dataset, callable]
     cfg = dataset_config("mnist") if p.dataset == "mnist" else dataset_config(p.dataset, D=p.D, M=10000)
     data = build_dataset(cfg, seed).to(device, dtype)
 
-    def make_model():
+    def make_model(api=None):
         torch.manual_seed(seed)
+        mlp, two_layer = (api.MLP, api.TwoLayerNet) if api is not None else (MLP, TwoLayerNet)
         if p.model == "mlp":
-            return MLP(data.in_dim, data.out_dim, hidden=[100]).to(device, dtype)
-        return TwoLayerNet(data.in_dim, 1, width=p.width).to(device, dtype)
+            return mlp(data.in_dim, data.out_dim, hidden=[100]).to(device, dtype)
+        return two_layer(data.in_dim, 1, width=p.width).to(device, dtype)
 
     return data, make_model
 
@@ -198,25 +241,29 @@ def time_interleaved(runs: dict, run_steps, repeats: int, steps: int, device) ->
     return times
 
 
-def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
-    from gradflow_exp.training.loop import OneModel
-
+def bench_problem(p: Problem, methods, dtype, device, repeats, steps, trees: dict | None = None) -> dict:
+    """Every method's runner step, SGD's and the matmul floor interleaved; ``trees``
+    (``{"@REV": package name}``, `load_tree`) adds each method as that tree runs it, named
+    ``method@REV``, timed in the same rounds."""
     data, make_model = build_problem(p, dtype, device)
-    loss_fn = build_loss("cross_entropy" if p.dataset == "mnist" else "mse")
     n = data.x_train.shape[0]
     bs = p.batch or n
     n_batches = math.ceil(n / bs)
     gen = torch.Generator(device=device).manual_seed(0)
+    perm = torch.randperm(n, generator=gen, device=device) if bs < n else None
     runs = {}
-    for m in methods:
-        cfg = optimizer_config(m)
-        model = make_model()
-        cfg.lr = 1e-4              # tiny steps: timing, not training
-        # the runner's own step (`OneModel.step`: a view of the epoch's gathered batches,
-        # the BatchClosure, optimizer.step) and its loss accumulation, as `loop.train` runs it
-        trainee = OneModel(model, build_optimizer(cfg, model), loss_fn, data)
-        trainee.order([torch.randperm(n, generator=gen, device=device) if bs < n else None])
-        runs[m] = (trainee, [0, torch.zeros((), dtype=dtype, device=device)])
+    for tag, pkg in {"": "gradflow_exp", **(trees or {})}.items():
+        api = _api(pkg)
+        loss_fn = api.build_loss("cross_entropy" if p.dataset == "mnist" else "mse")
+        for m in methods:
+            cfg = api.optimizer_config(m)
+            model = make_model(api)
+            cfg.lr = 1e-4              # tiny steps: timing, not training
+            # the runner's own step (`OneModel.step`: a view of the epoch's gathered batches,
+            # the BatchClosure, optimizer.step) and its loss accumulation, as `loop.train` runs it
+            trainee = api.OneModel(model, api.build_optimizer(cfg, model), loss_fn, data)
+            trainee.order([perm])
+            runs[m + tag] = (trainee, [0, torch.zeros((), dtype=dtype, device=device)])
 
     # the step's matmuls alone, at its shapes, timed among the methods (the same load)
     runs[FLOOR] = (None, matmul_ops(runs[methods[0]][0].models[0], bs, dtype, device))
@@ -239,9 +286,9 @@ def bench_problem(p: Problem, methods, dtype, device, repeats, steps) -> dict:
     sgd = statistics.median(times["sgd"])
     flops = model_flops(runs["sgd"][0].models[0], bs)
     floor = statistics.median(times[FLOOR])
-    out = {"batch": bs, "steps_per_epoch": n_batches, "flops_per_step": flops,
+    out = {"batch": bs, "steps_per_epoch": n_batches, "flops_per_step": flops, "rounds": times,
            "gflops_sgd": flops / sgd / 1e9, "floor_s": floor, "methods": {}}
-    for m in methods:
+    for m in [k for k in runs if k != FLOOR]:
         med = statistics.median(times[m])
         ratio = statistics.median(t / s for t, s in zip(times[m], times["sgd"]))
         out["methods"][m] = {"step_s": med, "epoch_s": med * n_batches, "ratio_sgd": ratio,
@@ -510,6 +557,8 @@ def check_targets(res: dict) -> list[str]:
             if prob in FLOOR_TARGETS and m in r["methods"]:
                 lines.append(_verdict(prob, f"{m} vs matmul floor", r["methods"][m]["ratio_floor"], FLOOR_TARGETS[prob]))
         for m, v in r["methods"].items():
+            if "@" in m:             # an older tree's step (--against): compared, not judged
+                continue
             target = TARGETS.get(m)
             if m == "ieq" and prob != "fig2":
                 target = None
@@ -573,6 +622,9 @@ def main(argv=None) -> int:
                     help="also time the README's fig7 sweep through each launcher, E epochs a job (0: skip)")
     ap.add_argument("--graph-breaks", action="store_true",
                     help="torch.compile's graphs and graph breaks of each method's step (Dynamo's explain)")
+    ap.add_argument("--against", default="", metavar="REV",
+                    help="also time every method's step as git revision REV runs it, in the same rounds "
+                         "(old tree against new in one run)")
     ap.add_argument("--json", default="bench.json")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -606,6 +658,13 @@ def main(argv=None) -> int:
     if bad := [p for p in probs if p not in PROBLEMS]:
         print(f"gradflow-bench: error: unknown problem(s) {bad}; valid: {', '.join(PROBLEMS)}", file=sys.stderr)
         return 2
+    trees = {}
+    if args.against:
+        try:
+            trees = {f"@{args.against}": load_tree(args.against).__name__}
+        except ValueError as e:
+            print(f"gradflow-bench: error: {e}", file=sys.stderr)
+            return 2
     res = {"device": str(device), "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
            "threads": torch.get_num_threads(), "dtype": args.dtype,
            "matmul_gflops": {"float32": matmul_gflops(torch.float32, device),
@@ -618,7 +677,7 @@ def main(argv=None) -> int:
           f"{res['matmul_gflops']['float64']:.1f} (float64)")
     for prob in probs:
         ms = [m for m in methods if not (m == "ieq" and prob in ("fig1", "mnist"))]  # IEQ: batch² solve
-        r = bench_problem(PROBLEMS[prob], ms, dtype, device, args.repeats, args.steps)
+        r = bench_problem(PROBLEMS[prob], ms, dtype, device, args.repeats, args.steps, trees)
         r["fraction_of_matmul_peak"] = r["gflops_sgd"] / peak
         res["problems"][prob] = r
         print(f"\n{prob}: batch {r['batch']}, {r['steps_per_epoch']} steps/epoch, SGD at "
@@ -628,6 +687,13 @@ def main(argv=None) -> int:
         for m, v in r["methods"].items():
             print(f"  {m:14s} {1e3 * v['step_s']:9.3f} {v['epoch_s']:9.3f} {v['ratio_sgd']:7.2f} "
                   f"{v['ratio_floor']:8.2f} {v['state_bytes'] / 1024:10.1f}")
+        for tag in trees:
+            print(f"  new tree against {tag[1:]} (median over rounds of new / old, the same rounds):")
+            for m in ms:
+                old, new = r["methods"][m + tag], r["methods"][m]
+                print(f"    {m:14s} {1e3 * old['step_s']:9.3f} → {1e3 * new['step_s']:.3f} ms: "
+                      f"{statistics.median(r['rounds'][m][i] / r['rounds'][m + tag][i] for i in range(len(r['rounds'][m]))):.2f}×; "
+                      f"× floor {old['ratio_floor']:.2f} → {new['ratio_floor']:.2f}")
     if args.runner_epochs > 0:
         res["runner"] = {}
         print(f"\nrunner vs plain script (SGD epoch, {args.runner_epochs} epochs per block, "

@@ -27,7 +27,7 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from gradflow_exp.losses import MSELoss
-from gradflow_exp.models import relu_backward_
+from gradflow_exp.models import FACTORED_BACKWARD, relu_backward_
 
 
 class BatchClosure:
@@ -163,7 +163,7 @@ def two_layer_mse_grad(scale: float, params, x, y, backward: bool = True):
         return loss, None
     df = e * (2.0 * scale / n)
     dfT = df.transpose(1, 2)
-    if a.shape[1] == 1:     # as `TwoLayerNet.mse_loss_and_grad`: ∂I/∂h = df ⊙ M, M = aᵀ ⊙ [h > 0]
+    if a.shape[1] == 1 and r[0].numel() >= FACTORED_BACKWARD:   # as `TwoLayerNet.mse_loss_and_grad`
         M = torch.ops.aten.threshold_backward(a.expand_as(r), r, 0.0)
         return loss, {"hidden.weight": ((x * df).transpose(1, 2) @ M).transpose(1, 2),
                       "hidden.bias": (dfT @ M).squeeze(1), "out.weight": dfT @ r}
