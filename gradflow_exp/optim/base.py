@@ -615,7 +615,7 @@ class EnergyOptimizer(LeanOptimizer):
             torch._foreach_add_(params, xs, alpha=coef)
         elif _per_replica(coef):
             for p, x in zip(params, xs):
-                p.add_(x * _along(coef, x))
+                p.addcmul_(x, _along(coef, x))          # one pass, no [R, …] temporary
         else:
             torch._foreach_add_(params, torch._foreach_mul(xs, to_dtype(coef, xs[0])))
 
