@@ -104,3 +104,27 @@ def test_bench_counts_graph_breaks(tmp_path):
     assert set(counts) == {"sgd", "relsav", "ieq", "spm_sav"}
     assert all(v["step"] == {"graphs": 1, "breaks": 0} for v in counts.values())
     assert counts["relsav"]["train_step"]["breaks"] >= 1          # the closure's backward()
+
+
+def test_against_times_an_older_tree_in_the_same_rounds(tmp_path, capsys):
+    """``--against REV`` exports the package at REV as its own package and times its steps
+    beside the current tree's; a revision that does not exist is refused in one line."""
+    import subprocess
+    import sys
+
+    from gradflow_exp.commands.bench import REPO
+
+    if subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=REPO, capture_output=True).returncode:
+        pytest.skip("needs a git checkout with history")
+    out = tmp_path / "bench.json"
+    assert main(["--problems", "fig7", "--methods", "sgd,sav", "--repeats", "2", "--steps", "2", "--threads", "1",
+                 "--runner-epochs", "0", "--against", "HEAD~1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    m = res["problems"]["fig7"]["methods"]
+    assert {"sgd", "sav", "sgd@HEAD~1", "sav@HEAD~1"} <= set(m)
+    assert len(res["problems"]["fig7"]["rounds"]["sav@HEAD~1"]) == 2 and m["sav@HEAD~1"]["step_s"] > 0
+    assert sys.modules["gradflow_exp_HEAD_1.optim"].SAV is not sys.modules["gradflow_exp.optim"].SAV
+    assert not any("@" in line for line in res["targets"])      # compared, not judged
+    assert "new tree against HEAD~1" in capsys.readouterr().out
+    assert main(["--problems", "fig7", "--methods", "sgd", "--against", "no-such-revision"]) == 2
+    assert "not a revision" in capsys.readouterr().err

@@ -163,8 +163,10 @@ def load_tree(rev: str):
     ``gradflow_exp_<rev>`` (every ``gradflow_exp`` in its sources and configs renamed), so one
     process times the old tree's steps interleaved with the new tree's (``--against``).
     Raises ValueError where ``rev`` is not a revision of this repository."""
+    import atexit
     import importlib
     import re
+    import shutil
     import subprocess
     import tarfile
     import tempfile
@@ -178,6 +180,7 @@ def load_tree(rev: str):
     except (OSError, subprocess.CalledProcessError) as e:
         raise ValueError(f"--against {rev!r}: not a revision of {REPO} ({getattr(e, 'stderr', b'').decode().strip() or e})")
     root = Path(tempfile.mkdtemp(prefix="gradflow_bench_"))
+    atexit.register(shutil.rmtree, root, True)       # imported from until the process ends
     tarfile.open(fileobj=BytesIO(blob)).extractall(root, filter="data")
     name = f"gradflow_exp_{tag}"
     (root / "gradflow_exp").rename(root / name)
