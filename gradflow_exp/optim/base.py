@@ -395,9 +395,14 @@ class LeanOptimizer(Optimizer):
     def _patch_step_function(self) -> None:
         self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
         cls = type(self)
-        if not getattr(cls.step, "hooked", None):
-            cls.step = _hooked_step(cls.step)
-            cls.step.hooked = True
+        step = cls.step
+        if getattr(step, "lean", False):
+            return
+        # a torch class's step that a torch instance has wrapped already: wrap what is inside
+        while getattr(step, "hooked", False) and hasattr(step, "__wrapped__"):
+            step = step.__wrapped__
+        cls.step = _hooked_step(step)
+        cls.step.hooked = cls.step.lean = True
 
 
 class EnergyOptimizer(LeanOptimizer):

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradflow_exp.optim.base import PER_REPLICA, EnergyOptimizer
 from gradflow_exp.optim.spm import SPM
 from gradflow_exp.optim.stacked import PerReplicaLr
+from gradflow_exp.optim.torch_forms import lean_form
 
 SHARED_KEYS = ("C", "lam", "eta", "restart")
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, time_scale: float =
     """
     node = OmegaConf.to_container(cfg, resolve=True)
     spm = node.pop("spm", None)
-    target = hydra.utils.get_class(node["_target_"])
+    target = lean_form(hydra.utils.get_class(node["_target_"]))
     accepted = inspect.signature(target.__init__).parameters
     kwargs = {k: v for k, v in node.items() if not k.startswith("_")}
     # Every optimizer config carries the shared keys so that one sweep
@@ -100,7 +101,7 @@ def build_replica_optimizer(nodes: list[DictConfig], params: list[torch.Tensor],
     if target_name in NOT_REPLICABLE:
         raise ValueError(f"replicas: {target_name.rsplit('.', 1)[-1]} solves a batch × batch system per step; "
                          "run it as single runs (a -m sweep)")
-    target = hydra.utils.get_class(target_name)
+    target = lean_form(hydra.utils.get_class(target_name))
     ours = issubclass(target, EnergyOptimizer)
     if not ours and target_name not in ELEMENTWISE:
         raise ValueError(f"replicas: {target.__name__} is not element-wise (its update mixes the entries of a "

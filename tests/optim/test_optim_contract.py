@@ -25,6 +25,8 @@ from torch import nn
 from torch.nn import Parameter
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from gradflow_exp.optim import torch_forms
+
 from gradflow_exp.losses import MSELoss
 from gradflow_exp.optim import (
     AEGD, ARelSAV, AResSAV, ASAV, IEQ, SAV, SPM, BatchClosure, ExpSAV, IEQAdaptive, RelExpSAV, RelSAV, ResSAV,
@@ -71,6 +73,10 @@ INFOS = [
          control=True, supports_sparse=True),
     Info("Adam", torch.optim.Adam, [Input({"lr": 0.01}), Input({"lr": 0.01, "amsgrad": True}, "amsgrad")],
          control=True),
+    # the forms of torch's SGD and Adam that the runner builds (gradflow_exp/optim/torch_forms.py)
+    Info("SGD (runner's form)", torch_forms.SGD, [Input({"lr": 0.01}), Input({"lr": 0.01, "momentum": 0.9}, "momentum")],
+         control=True, supports_sparse=True),
+    Info("Adam (runner's form)", torch_forms.Adam, [Input({"lr": 0.01})], control=True),
     Info("SAV", SAV, _sav_inputs(0.05)),
     Info("ResSAV", ResSAV, [Input({"lr": 0.05}), Input({"lr": 0.05, "lam": 2.0}, "λ")]),
     Info("RelSAV", RelSAV, [Input({"lr": 0.05}), Input({"lr": 0.05, "eta": 0.5, "lam": 1.0}, "η, λ"),
@@ -796,3 +802,20 @@ def test_every_class_is_in_the_table():
     assert {c.__name__ for c in ours} == {"SAV", "ResSAV", "RelSAV", "ASAV", "AResSAV", "ARelSAV", "ExpSAV",
                                           "RelExpSAV", "IEQ", "IEQAdaptive", "AEGD", "SPM"}
 
+
+
+@pytest.mark.parametrize("form", [torch_forms.SGD, torch_forms.Adam, torch_forms.RMSprop], ids=lambda c: c.__name__)
+def test_the_runners_form_of_a_torch_optimizer_takes_torchs_steps(form):
+    """torch_forms' classes change only the step's wrapper: bit-identical steps and state."""
+    torch_cls = form.__mro__[2]
+    runs = []
+    for cls in (torch_cls, form):
+        model, x, y = problem()
+        opt = cls(model.parameters(), lr=0.01, **({"momentum": 0.9} if torch_cls is torch.optim.SGD else {}))
+        for _ in range(4):
+            opt.zero_grad()
+            loss_of(model, x, y).backward()
+            opt.step()
+        runs.append((flat(model), opt.state_dict()))
+    assert isinstance(opt, torch_cls) and torch.equal(runs[0][0], runs[1][0])
+    assert str(runs[0][1]) == str(runs[1][1])
