@@ -64,7 +64,7 @@ class TwoLayerNet(nn.Module):
         which is h > 0 (one [N, m] buffer fewer a step, docs/speed.md)."""
         W, b, a = self._weights()
         r = torch.addmm(b, x, W.t()).clamp_min_(0)
-        e = torch.addmm(y if y.dim() == 2 else y.reshape(-1, 1), r, a.t(), beta=-1, alpha=self.scale)
+        e = torch.addmm(y.reshape(x.shape[0], -1), r, a.t(), beta=-1, alpha=self.scale)
         return r, e
 
     def mse_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -295,7 +295,6 @@ def bench_problem(p: Problem, methods, dtype, device, repeats, steps, trees: dic
         med = statistics.median(times[m])
         ratio = statistics.median(t / s for t, s in zip(times[m], times["sgd"]))
         out["methods"][m] = {"step_s": med, "epoch_s": med * n_batches, "ratio_sgd": ratio,
-                             "ratio_sgd_rounds": [t / s for t, s in zip(times[m], times["sgd"])],
                              "ratio_floor": statistics.median(t / f for t, f in zip(times[m], times[FLOOR])),
                              "state_bytes": state_bytes(runs[m][0].optimizer)}
     return out
@@ -575,8 +574,7 @@ def check_targets(res: dict) -> list[str]:
                 lines.append(_verdict(prob, m, v["ratio_sgd"], target))
             adam = r["methods"].get("adam")
             if m in ADAPTIVE_TARGETS and adam:
-                ratio = statistics.median(v["ratio_sgd_rounds"][i] / adam["ratio_sgd_rounds"][i]
-                                          for i in range(len(v["ratio_sgd_rounds"])))
+                ratio = statistics.median(t / a for t, a in zip(r["rounds"][m], r["rounds"]["adam"]))
                 if ADAPTIVE_TARGETS[m] is None:
                     lines.append(f"info {prob:6s} {m + ' vs adam':22s} {ratio:6.2f}× "
                                  f"(Adam itself {adam['ratio_sgd']:.2f}× SGD)")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradflow_exp.optim.base import PER_REPLICA, EnergyOptimizer
 from gradflow_exp.optim.spm import SPM
 from gradflow_exp.optim.stacked import PerReplicaLr
-from gradflow_exp.optim.torch_forms import lean_form
+from gradflow_exp.optim.torch_forms import FORMS, lean_form
 
 SHARED_KEYS = ("C", "lam", "eta", "restart")
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, time_scale: float =
 # which `PerReplicaLr` (replicas that differ in lr) relies on. LAMB's trust ratio,
 # full-Jacobian IEQ's batch solve and L-BFGS mix the entries of a parameter, so stacked
 # replicas would not be.
-ELEMENTWISE = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.NAdam",
-               "torch.optim.Adagrad", "torch.optim.RMSprop")
+# The list is written once, as the lean forms the runner builds (gradflow_exp/optim/torch_forms.py).
+ELEMENTWISE = tuple(f"torch.optim.{cls.__name__}" for cls in FORMS)
 NOT_REPLICABLE = ("gradflow_exp.optim.IEQ",)
 
 

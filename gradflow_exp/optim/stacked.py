@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import torch
 
-
 from gradflow_exp.optim.base import F64, LeanOptimizer, _along
 from gradflow_exp.optim.spm import SPM
 

@@ -5,7 +5,9 @@ step even when nothing records it. On fig7's net that scope and its hook bookkee
 about 55 µs of a 400 µs SGD step (docs/speed.md). ``optimizer=sgd`` still names
 ``torch.optim.SGD`` (conf/optimizer/sgd.yaml); `gradflow_exp.optim.registry.build_optimizer`
 builds its form here, which is an instance of ``torch.optim.SGD`` with the same state dict,
-hooks and, under a profiler, the same ``Optimizer.step#SGD.step`` scope."""
+hooks and, under a profiler, the same ``Optimizer.step#SGD.step`` scope. ``FORMS`` is also the
+registry's list of torch classes that stack as replicas (``ELEMENTWISE``): a class added here
+must update element-wise, linear in lr with an lr-free state."""
 from __future__ import annotations
 
 import torch
