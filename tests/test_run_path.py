@@ -69,7 +69,7 @@ def test_a_batch_killed_while_writing_its_checkpoints_resumes_as_one(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_ends_after_the_epoch_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
-    args = ["experiment=fig7", "dataset.M=2000", "trainer.epochs=400", "trainer.log_every=1", "logger=none",
+    args = ["experiment=fig7", "dataset.M=2000", "trainer.epochs=100000", "trainer.log_every=1", "logger=none",
             "trainer.progress=false", "threads=1", f"hydra.run.dir={tmp_path}/run"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "gradflow_exp.train", *args], cwd=tmp_path, env=env,

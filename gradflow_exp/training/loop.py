@@ -379,9 +379,12 @@ class _Loop:
             self.finish(k, status)
 
     def abort(self, e: BaseException) -> None:
-        st = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        # SystemExit mid-epoch is submitit at a time limit or a preemption: it requeues the job
+        # and the last checkpoint resumes it, as after Ctrl-C
+        st = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
+        error = "KeyboardInterrupt" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
         for k in self.live():
-            self.finish(k, st, error="KeyboardInterrupt" if st == "interrupted" else f"{type(e).__name__}: {e}")
+            self.finish(k, st, error=error)
 
     def finish(self, k: int, status: str, error: str | None = None) -> None:
         self.status[k] = status
