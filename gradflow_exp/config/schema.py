@@ -286,6 +286,7 @@ class Trainer(Node):
     checkpoint: bool
     checkpoint_every: Int1 | None    # null: only at the end
     checkpoint_minutes: Positive | None = 10.0    # and at least every this many minutes (null: no clock)
+    cuda_graph: bool = False         # a replica batch's steady steps replayed from a CUDA graph
 
 
 # Nodes added after runs existed carry defaults: a run made before a key existed is

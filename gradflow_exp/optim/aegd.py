@@ -52,7 +52,7 @@ class AEGD(EnergyOptimizer):
             for p in owners:
                 st = self.state[p]
                 fresh = restart or "r" not in st
-                if fresh:
+                if "r" not in st:                            # a restart refills it in place
                     st["r"] = torch.empty_like(p)
                 r = torch.view_as_real(st["r"]) if p.is_complex() else st["r"]   # one r_i per real entry
                 if fresh:

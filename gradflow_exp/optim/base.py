@@ -199,6 +199,26 @@ def to_dtype(t, like: torch.Tensor):
 
 
 # ---------------------------------------- a list of tensors times a scalar (or a per-replica one)
+def _store(state: dict, key: str, value) -> None:
+    """state[key] = value, into the tensor kept there in place where it has value's shape,
+    dtype and device (a float into a kept tensor fills it); as it is otherwise."""
+    old = state.get(key)
+    # not under torch.compile: Dynamo drops an in-place write to a 0-d CPU tensor it reads
+    # from the state (torch 2.13; tests/optim/test_optim_compile.py); a compiled step stores
+    # new tensors, as before
+    if isinstance(old, torch.Tensor) and not torch.compiler.is_compiling():
+        if isinstance(value, torch.Tensor):
+            if old.shape == value.shape and old.dtype == value.dtype and old.device == value.device:
+                old.copy_(value)
+                return
+        elif isinstance(value, float) and old.dtype == F64:
+            old.fill_(value)
+            return
+    # a tensor of its own: one stored under two keys (r and its diagnostic) would be
+    # written twice in place
+    state[key] = value.clone() if isinstance(value, torch.Tensor) else value
+
+
 def _per_replica(s) -> bool:
     return isinstance(s, torch.Tensor) and s.dim() == 1
 
@@ -603,15 +623,25 @@ class EnergyOptimizer(LeanOptimizer):
         return sum(x.numel() for x in xs) // (self.replicas or 1)
 
     def _get(self, state: dict, key: str, default):
-        """A stored scalar (0-d float64 tensor in the state) as this optimizer's scalar."""
+        """A stored scalar (0-d float64 tensor in the state) as this optimizer's scalar; a
+        tensor is a copy, so that the step's `_put` of the key leaves what was read as it was."""
         v = state.get(key)
-        return default if v is None else self._scalar(v)
+        if v is None:
+            return default
+        x = self._scalar(v)
+        return x.clone() if isinstance(x, torch.Tensor) else x
 
     @staticmethod
     def _put(state: dict, key: str, value) -> None:
-        """Store a scalar as a fresh 0-d float64 tensor, so that ``state_dict()`` carries it
-        and a state dict taken earlier is never changed in place."""
-        state[key] = torch.scalar_tensor(value, dtype=F64) if isinstance(value, float) else value
+        """Store a scalar. A Python float (one run on the CPU) as a fresh 0-d float64
+        tensor, so that ``state_dict()`` carries it; a tensor (replicas, a GPU) into the
+        stored tensor of its shape, dtype and device, in place, as torch.optim keeps its
+        step counts: a step captured in a CUDA graph then replays onto the storage the
+        next step reads (docs/speed.md, "CUDA graphs")."""
+        if isinstance(value, float):
+            state[key] = torch.scalar_tensor(value, dtype=F64)
+        else:
+            _store(state, key, value)
 
     @staticmethod
     def _axpy(params, xs, coef) -> None:
@@ -633,11 +663,12 @@ class EnergyOptimizer(LeanOptimizer):
         return self.state[group["params"][0]]
 
     def _set_diagnostics(self, **values) -> None:
-        """Keep the last step's diagnostics (Python floats or 0-d tensors, as computed:
-        no conversion op here; `diagnostics()` converts at logging points)."""
+        """Keep the last step's diagnostics (Python floats or tensors, as computed: no
+        conversion op here; `diagnostics()` converts at logging points). Tensors go into
+        the tensors kept before, in place, as `_put` stores them."""
         anchor = self._anchor()
         for k in self.diagnostic_keys:
-            anchor["diag_" + k] = values[k]
+            _store(anchor, "diag_" + k, values[k])
 
     def diagnostics(self) -> dict[str, torch.Tensor]:
         """Last step's diagnostics as 0-d float64 tensors (with replicas, vectors [R]);
@@ -648,7 +679,7 @@ class EnergyOptimizer(LeanOptimizer):
         for k in self.diagnostic_keys:
             v = anchor.get("diag_" + k, math.nan)
             v = v.detach().to(F64) if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=F64)
-            out[k] = v.reshape(()) if not shape else v.expand(shape).clone()
+            out[k] = v.reshape(()).clone() if not shape else v.expand(shape).clone()   # not the kept tensor
         return out
 
     def epoch_start(self) -> None:
@@ -657,14 +688,20 @@ class EnergyOptimizer(LeanOptimizer):
         if self.param_groups[0].get("restart", "none") == "epoch":
             self._anchor()["restart_pending"] = True
 
+    @property
+    def restart_due(self) -> bool:
+        """Whether the next step restarts (``epoch_start`` asked for it): a step that takes
+        another path than the steps between restarts (a CUDA graph replays only those)."""
+        return bool(self._anchor().get("restart_pending", False))
+
     def _take_restart(self) -> bool:
         return bool(self._anchor().pop("restart_pending", False))
 
     def _take_relaxation(self, restart: bool):
         """The relaxation budget the last step left for this one (``rhat_batch='next'``),
-        or None: none was left, or a restart discards it."""
-        pending = self._anchor().pop("relax_budget", None)
-        return None if pending is None or restart else self._scalar(pending)
+        or None: none was left, or a restart discards it. It stays stored (each step of
+        that form stores the next), so its tensor is the same from step to step."""
+        return None if restart else self._get(self._anchor(), "relax_budget", None)
 
     # -- checkpointing
     def load_state_dict(self, state_dict: dict) -> None:

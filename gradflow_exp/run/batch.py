@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from gradflow_exp.config import schema
 from gradflow_exp.run.build import build
 from gradflow_exp.training.loop import OneModel, Run, Stacked, train
+from gradflow_exp.training.step_graph import CudaCapture
 from gradflow_exp.optim import build_replica_optimizer, resolve_time_scale
 from gradflow_exp.run.provenance import code_segments, code_version
 from gradflow_exp.run.rundir import RunDir, read_json, save_checkpoint, write_json
@@ -155,6 +156,9 @@ class Batch:
     def _trainee(self, built: list[dict]):
         first = built[0]
         if len(built) == 1:
+            if first["loop_cfg"].cuda_graph:
+                log.info("trainer.cuda_graph: a single run steps eagerly; the graph is a replica batch's "
+                         "(hydra/launcher=batched)")
             return OneModel(first["model"], first["optimizer"], first["loss_fn"], first["data"])
         def shapes(b):
             return ([(n, p.shape) for n, p in b["model"].named_parameters()],
@@ -168,6 +172,9 @@ class Batch:
         trainee.optimizer = build_replica_optimizer([m.cfg.optimizer for m in self.members],
                                                     list(trainee.params.values()),
                                                     resolve_time_scale(self.cfg.time_scale, first["model"]))
+        if first["loop_cfg"].cuda_graph:
+            device = trainee.x.device
+            trainee.use_graph(CudaCapture(device) if device.type == "cuda" else None)
         return trainee
 
     def _where(self) -> str:

@@ -54,7 +54,8 @@ def build(cfg: DictConfig):
     t = cfg.trainer
     loop_cfg = LoopConfig(epochs=t.epochs, batch_size=t.batch_size, log_every=t.log_every,
                           shuffle=t.shuffle, progress=t.progress, eval_chunk=t.eval_chunk,
-                          collapse_q=t.collapse_q, checkpoint_every=t.checkpoint_every if t.checkpoint else None,
+                          collapse_q=t.collapse_q, cuda_graph=bool(t.get("cuda_graph", False)),
+                          checkpoint_every=t.checkpoint_every if t.checkpoint else None,
                           checkpoint_minutes=t.get("checkpoint_minutes") if t.checkpoint else None,
                           scheduler=_plain(cfg.get("scheduler")), diagnostics=_plain(cfg.get("diagnostics")))
     n = data.x_train.shape[0]

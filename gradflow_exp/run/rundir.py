@@ -49,7 +49,7 @@ log = logging.getLogger("gradflow_exp")
 # tell methods apart by them). A key covers its sub-keys ("logger": logger.mode, ...).
 # trainer.eval_chunk changes the order of a metric's sums only, so its last bits.
 MAY_DIFFER = ("trainer.progress", "trainer.checkpoint", "trainer.checkpoint_every", "trainer.checkpoint_minutes",
-              "trainer.collapse_q",
+              "trainer.collapse_q", "trainer.cuda_graph",
               "trainer.eval_chunk", "threads", "hparams_objective", "logger", "references",
               "dataset._target_")      # the function dataset.name picks (older records lack it)
 EPOCHS = "trainer.epochs"

@@ -45,6 +45,7 @@ from gradflow_exp.training.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER, eva
 from gradflow_exp.optim import BatchClosure, ReplicaClosure
 from gradflow_exp.optim.stacked import split_state, stack_states
 from gradflow_exp.training.schedulers import build_scheduler
+from gradflow_exp.training.step_graph import StepGraph
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class LoopConfig:
     progress: bool = True
     eval_chunk: int = 2048            # rows per forward pass when evaluating full sets (docs/speed.md)
     collapse_q: float = COLLAPSE_Q    # summary flags q = r/r̂ below this as a collapsed auxiliary variable
+    cuda_graph: bool = False          # a replica batch steps through `StepGraph` (captured on CUDA)
     checkpoint_every: int | None = None   # epochs between on_checkpoint calls (None: none)
     checkpoint_minutes: float | None = None   # and at most this much wall time between them (None: none)
     scheduler: dict | None = None     # the `scheduler` node (None: constant lr)
@@ -133,6 +135,14 @@ class Stacked:
         self.y = _stack([d.y_train for d in datas])
         self._rows = torch.arange(self.R, device=self.x.device).unsqueeze(1)
         self.optimizer = None
+        self.graph = None
+
+    def use_graph(self, capture=None) -> None:
+        """Step through `StepGraph` (``trainer.cuda_graph``): static batch buffers, and with
+        ``capture`` the steady steps replayed from one CUDA graph. After ``optimizer`` is set."""
+        if hasattr(capture, "prepare"):
+            capture.prepare(self.optimizer)
+        self.graph = StepGraph(self._step, self.optimizer, self.loss_fn, capture)
 
     def order(self, perms) -> None:
         # the epoch's data in its batch order, gathered once: a batch is then a slice, the
@@ -148,6 +158,9 @@ class Stacked:
             xb, yb = self._x, self._y
         else:
             xb, yb = self._x[:, b * bs:(b + 1) * bs], self._y[:, b * bs:(b + 1) * bs]
+        return self._step(xb, yb) if self.graph is None else self.graph(xb, yb)
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return self.optimizer.step(ReplicaClosure(self.models[0], self.loss_fn, self.params, xb, yb))
 
     @torch.no_grad()

@@ -6,7 +6,11 @@ as tensors [R].
 On CPU the reads from Python are caught by making them raise while the steps run (after a
 first step, which may set up state); syncs inside C++ ops (boolean-mask indexing,
 ``nonzero``) are not, and on CUDA `torch.cuda.set_sync_debug_mode("error")` catches every
-synchronising call (skipped without a GPU)."""
+synchronising call (skipped without a GPU).
+
+It also keeps its state where it was: a CUDA graph of the step (trainer.cuda_graph,
+gradflow_exp/training/step_graph.py) replays onto the storage it captured, so every state
+tensor is updated in place, a restart step's too."""
 import contextlib
 
 import pytest
@@ -119,6 +123,32 @@ def test_torch_sgd_with_per_replica_lr_reads_nothing_back_to_the_host(monkeypatc
     with no_host_reads(monkeypatch):
         _steps(opt, closure, 1, 6)
     assert all(not torch.equal(a, b) for a, b in zip(before, stacked.values()))
+
+
+def _storage(opt) -> dict:
+    return {(i, k): v.data_ptr() for i, st in enumerate(opt.state.values()) for k, v in st.items()
+            if isinstance(v, torch.Tensor)}
+
+
+@pytest.mark.parametrize("name", REPLICABLE + ["torch_sgd", "torch_adam"])
+def test_a_replica_step_keeps_its_state_in_place(name):
+    """After the first steps (which create the state), the steps — a restart among them —
+    leave every state tensor (the energy variables, moments, diagnostics, step counts) in
+    its storage, holding new values."""
+    stacked, closure = _batch("cpu")
+    if name.startswith("torch_"):
+        opt = _torch_per_replica_lr(torch.optim.SGD if name == "torch_sgd" else torch.optim.Adam, stacked,
+                                    **({"momentum": 0.9} if name == "torch_sgd" else {}))
+    else:
+        opt = _optimizer(name, stacked)
+    _steps(opt, closure, 0, 3)
+    where = _storage(opt)
+    values = {k: v.clone() for i, st in enumerate(opt.state.values()) for k, v in st.items()
+              if isinstance(v, torch.Tensor) and k.startswith("diag_")}
+    assert where
+    _steps(opt, closure, 3, 8)
+    assert _storage(opt) == where
+    assert all(not torch.equal(v, opt._anchor()[k]) for k, v in values.items() if k != "diag_xi")   # new values
 
 
 def test_the_guard_catches_a_host_read(monkeypatch):
