@@ -108,6 +108,33 @@ def test_sigterm_writes_checkpoint_and_interrupted_summary(tmp_path, reference):
     assert_same_run(run_dir, reference)
 
 
+def test_a_system_exit_mid_epoch_is_interrupted_and_resumes(tmp_path, reference, monkeypatch, caplog):
+    """submitit at a Slurm time limit or preemption calls ``sys.exit`` from its signal
+    handler, mid-epoch: the run is 'interrupted' (not 'failed'), and the same run started
+    again resumes from its last checkpoint to the uninterrupted run's end."""
+    import gradflow_exp.training.loop as loop
+    from gradflow_exp.run.job import run
+
+    real, calls = loop.OneModel.step, []
+
+    def step(self, b, bs):
+        calls.append(b)
+        if len(calls) == 5 * 4 + 2:          # dataset.M=300: 4 steps an epoch; in epoch 6
+            raise SystemExit(-1)
+        return real(self, b, bs)
+    monkeypatch.setattr(loop.OneModel, "step", step)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        run(compose_cfg(SMALL + RUN + ["trainer.checkpoint_every=1"]), run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] == 5, summary
+    monkeypatch.undo()
+    with caplog.at_level("INFO", logger="gradflow_exp"):
+        assert run(compose_cfg(SMALL + RUN), run_dir)["status"] == "completed"
+    assert "unfinished (interrupted): resuming after epoch 5" in caplog.text
+    assert_same_run(run_dir, reference)
+
+
 def resume_from_epoch_2_matches(cfg, tmp_path, monkeypatch, age=None):
     """Run ``cfg`` (checkpoint_every=2) to the end, rewind it to epoch 2's checkpoint as if
     killed there (``age(run_dir)`` may then make its files those of an earlier version),
