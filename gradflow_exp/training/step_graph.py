@@ -84,7 +84,7 @@ class StepGraph:
         self.step, self.optimizer, self.loss_fn, self.capture = step, optimizer, loss_fn, capture
         self.x = self.y = None
         self.replay, self.key = None, None
-        self.eager = self.replays = self.captures = 0
+        self.eager = self.replays = 0
         self.draws = isinstance(optimizer, SPM)       # per-replica noise generators
         if capture is not None and self.draws:
             log.info("trainer.cuda_graph: SPM draws its noise from per-replica generators, which a graph "
@@ -105,7 +105,6 @@ class StepGraph:
         key = self._key()
         if self.replay is None or key != self.key:
             self.replay, self.key = self.capture.capture(lambda: self.step(self.x, self.y)), key
-            self.captures += 1
         self.replays += 1
         return self.replay()
 
